@@ -1,0 +1,307 @@
+"""The encoder backbone: embeddings, transformer blocks with adapter slots, pooler."""
+
+import keras
+from keras import ops
+
+from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
+from keras_adapterfusion.layers.transformer_block import (
+    TransformerBlock,
+    fusion_key,
+    normalize_setup,
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_adapterfusion")
+class TransformerEncoder(keras.layers.Layer):
+    """A BERT / RoBERTa / XLM-R encoder whose blocks carry adapters and fusion.
+
+    Usually built from a Hugging Face checkpoint with
+    `keras_adapterfusion.backbones.load_encoder`. Adapters and fusions are added
+    to every block at once (`add_adapter`, `add_fusion`); which ones run is chosen
+    per call with `adapter_setup`.
+
+    Args:
+        vocab_size, hidden_size, num_layers, num_heads, intermediate_size:
+            the architecture.
+        hidden_act: feed-forward activation (Hugging Face name).
+        hidden_dropout: dropout of embeddings and block outputs.
+        attention_dropout: dropout of attention probabilities.
+        max_positions: rows of the position table.
+        type_vocab_size: rows of the token-type table.
+        layer_norm_epsilon: LayerNorm epsilon.
+        pad_token_id: padding id (RoBERTa positions depend on it).
+        position_style: `"absolute"` (BERT) or `"roberta"`.
+        use_pooler: add the `tanh` pooler over the first token.
+        model_type: Hugging Face `model_type` this encoder mirrors.
+        adapters: dict name -> `AdapterConfig` dict, added at construction.
+        fusions: dict fusion name -> `{"adapters": [...], "config": {...}}`.
+        fusion_reference_form: compute fusion in AdapterHub's literal form.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: dict with `input_ids`, optional `attention_mask` and
+            `token_type_ids` (int `[batch, tokens]`).
+        adapter_setup: `None`, an adapter name, or a list of names to fuse.
+        output_hidden_states: also return every block's output.
+        training: Python bool.
+
+    Returns:
+        A dict: `last_hidden_state`; `pooler_output` when `use_pooler`;
+        `hidden_states` `[blocks + 1, batch, tokens, hidden]` when asked;
+        `fusion_attentions` `[blocks, batch, tokens, N]` when fusing (and
+        `mh_fusion_attentions` when the fused adapters sit after attention).
+        Blocks without fusion (`leave_out`) give zeros there.
+
+    Example:
+
+    ```python
+    encoder = TransformerEncoder(vocab_size=1000, hidden_size=64, num_layers=2,
+                                 num_heads=4, intermediate_size=128)
+    encoder.add_adapter("a", "seq_bn")
+    encoder.add_adapter("b", "seq_bn")
+    encoder.add_fusion(["a", "b"], "dynamic")
+    out = encoder({"input_ids": keras.ops.ones((2, 5), "int32")},
+                  adapter_setup=["a", "b"])
+    ```
+
+    References:
+        - [Devlin et al., 2019](https://arxiv.org/abs/1810.04805)
+        - [Pfeiffer et al., 2020](https://arxiv.org/abs/2005.00247)
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        hidden_size,
+        num_layers,
+        num_heads,
+        intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        max_positions=512,
+        type_vocab_size=2,
+        layer_norm_epsilon=1e-12,
+        pad_token_id=0,
+        position_style="absolute",
+        use_pooler=True,
+        model_type="bert",
+        adapters=None,
+        fusions=None,
+        fusion_reference_form=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.max_positions = max_positions
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.pad_token_id = pad_token_id
+        self.position_style = position_style
+        self.use_pooler = use_pooler
+        self.model_type = model_type
+        self.fusion_reference_form = fusion_reference_form
+        self.embeddings = TextEmbeddings(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            max_positions=max_positions,
+            type_vocab_size=type_vocab_size,
+            pad_token_id=pad_token_id,
+            position_style=position_style,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=hidden_dropout,
+            dtype=self.dtype_policy,
+            name="embeddings",
+        )
+        self.blocks = [
+            TransformerBlock(
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                intermediate_size=intermediate_size,
+                hidden_act=hidden_act,
+                hidden_dropout=hidden_dropout,
+                attention_dropout=attention_dropout,
+                layer_norm_epsilon=layer_norm_epsilon,
+                block_index=i,
+                fusion_reference_form=fusion_reference_form,
+                dtype=self.dtype_policy,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        if use_pooler:
+            self.pooler = keras.layers.Dense(
+                hidden_size,
+                activation="tanh",
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                dtype=self.dtype_policy,
+                name="pooler",
+            )
+        self.adapter_configs = {}
+        self.fusion_specs = {}
+        for name, config in (adapters or {}).items():
+            self.add_adapter(name, config)
+        for _, spec in (fusions or {}).items():
+            self.add_fusion(spec["adapters"], spec["config"])
+
+    def build(self, input_shape=None):
+        shape = (None, None, self.hidden_size)
+        self.embeddings.build((None, None))
+        for block in self.blocks:
+            block.build(shape)
+        if self.use_pooler:
+            self.pooler.build((None, self.hidden_size))
+
+    # ------------------------------------------------------------- adapters
+    def add_adapter(self, name, config="seq_bn"):
+        """Add adapter `name` (an `AdapterConfig`, preset name or dict) to every block.
+
+        Blocks listed in the config's `leave_out` get none. Raises `ValueError`
+        if the name is taken or the config is invalid; nothing is added then.
+        """
+        config = AdapterConfig.get(config)
+        if name in self.adapter_configs:
+            raise ValueError(f"add_adapter: adapter {name!r} already exists; expected a new name.")
+        for i in config.leave_out:
+            if i >= self.num_layers:
+                raise ValueError(
+                    f"AdapterConfig.leave_out: got block {i}; expected indices below {self.num_layers}."
+                )
+        for block in self.blocks:
+            config.bottleneck_size(self.hidden_size, block.block_index)  # validates per-block factors
+        for block in self.blocks:
+            block.add_adapter(name, config)
+        self.adapter_configs[name] = config
+
+    def add_fusion(self, adapter_names, config="dynamic"):
+        """Add a fusion layer over `adapter_names` to every block. Returns its name."""
+        names = normalize_setup(list(adapter_names))
+        names = names[1]
+        missing = [n for n in names if n not in self.adapter_configs]
+        if missing:
+            raise ValueError(
+                f"add_fusion: unknown adapter(s) {missing}; expected names from {sorted(self.adapter_configs)}."
+            )
+        config = FusionConfig.get(config)
+        key = fusion_key(names)
+        if key in self.fusion_specs:
+            raise ValueError(f"add_fusion: fusion {key!r} already exists.")
+        # Validate on the first block (same rule everywhere) before changing any.
+        flags = {n: (self.adapter_configs[n].mh_adapter, self.adapter_configs[n].output_adapter) for n in names}
+        if len(set(flags.values())) > 1:
+            raise ValueError(
+                "add_fusion: fused adapters must share mh_adapter and output_adapter; got "
+                + ", ".join(f"{n}: mh_adapter={f[0]}, output_adapter={f[1]}" for n, f in flags.items())
+                + "."
+            )
+        for block in self.blocks:
+            block.add_fusion(names, config)
+        self.fusion_specs[key] = {"adapters": list(names), "config": config}
+        return key
+
+    @property
+    def adapter_names(self):
+        return list(self.adapter_configs)
+
+    def adapter_weights(self, name):
+        """All variables of adapter `name`, across blocks."""
+        out = []
+        for block in self.blocks:
+            for layer in block.adapter_layers(name).values():
+                out.extend(layer.weights)
+        return out
+
+    def fusion_weights(self, names):
+        out = []
+        for block in self.blocks:
+            for layer in block.fusion_layers(names).values():
+                out.extend(layer.weights)
+        return out
+
+    def check_setup(self, adapter_setup):
+        """Validate `adapter_setup` against the adapters and fusions present."""
+        setup = normalize_setup(adapter_setup)
+        if setup is None:
+            return None
+        kind, names = setup
+        names = (names,) if kind == "single" else names
+        missing = [n for n in names if n not in self.adapter_configs]
+        if missing:
+            raise ValueError(
+                f"adapter_setup: unknown adapter(s) {missing}; expected names from {sorted(self.adapter_configs)}."
+            )
+        if kind == "fuse" and fusion_key(names) not in self.fusion_specs:
+            raise ValueError(
+                f"adapter_setup: no fusion over {list(names)}; expected one of {sorted(self.fusion_specs)}."
+            )
+        return setup
+
+    # -------------------------------------------------------------- forward
+    def call(self, inputs, adapter_setup=None, output_hidden_states=False, training=None):
+        if not isinstance(inputs, dict) or "input_ids" not in inputs:
+            raise ValueError(
+                "TransformerEncoder inputs: expected a dict with 'input_ids' (and optionally "
+                f"'attention_mask', 'token_type_ids'); got {type(inputs).__name__}"
+                + (f" with keys {sorted(inputs)}" if isinstance(inputs, dict) else "")
+                + "."
+            )
+        setup = self.check_setup(adapter_setup)
+        input_ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        x = self.embeddings(input_ids, inputs.get("token_type_ids"), training=training)
+        hidden = [x]
+        mh_probs, out_probs = [], []
+        for block in self.blocks:
+            x, p_mh, p_out = block(x, attention_mask=mask, adapter_setup=setup, training=training)
+            hidden.append(x)
+            mh_probs.append(p_mh)
+            out_probs.append(p_out)
+        outputs = {"last_hidden_state": x}
+        if self.use_pooler:
+            outputs["pooler_output"] = self.pooler(x[:, 0, :])
+        if output_hidden_states:
+            outputs["hidden_states"] = ops.stack(hidden, axis=0)
+        if setup is not None and setup[0] == "fuse":
+            n = len(setup[1])
+            for key, probs in (("mh_fusion_attentions", mh_probs), ("fusion_attentions", out_probs)):
+                if all(p is None for p in probs):
+                    continue
+                shape = ops.shape(x)[:2] + (n,)
+                filled = [p if p is not None else ops.zeros(shape, dtype=x.dtype) for p in probs]
+                outputs[key] = ops.stack(filled, axis=0)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act=self.hidden_act,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
+            max_positions=self.max_positions,
+            type_vocab_size=self.type_vocab_size,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            pad_token_id=self.pad_token_id,
+            position_style=self.position_style,
+            use_pooler=self.use_pooler,
+            model_type=self.model_type,
+            adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
+            fusions={
+                k: {"adapters": list(s["adapters"]), "config": s["config"].to_dict()}
+                for k, s in self.fusion_specs.items()
+            },
+            fusion_reference_form=self.fusion_reference_form,
+        )
+        return config

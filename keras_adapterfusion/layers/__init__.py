@@ -1,0 +1,9 @@
+"""Keras layers: adapters, fusion, the transformer block with adapter slots, heads."""
+
+from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
+from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
+from keras_adapterfusion.layers.classification_head import ClassificationHead
+from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
+from keras_adapterfusion.layers.transformer_block import TransformerBlock
+
+__all__ = ["AdapterFusion", "BottleneckAdapter", "ClassificationHead", "TextEmbeddings", "TransformerBlock"]

@@ -1,0 +1,59 @@
+"""Activation functions by the names Hugging Face configs and AdapterHub use."""
+
+from keras import ops
+
+
+def _gelu_exact(x):
+    return ops.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x):
+    return ops.gelu(x, approximate=True)
+
+
+def _quick_gelu(x):
+    return x * ops.sigmoid(1.702 * x)
+
+
+def _leaky_relu(x):
+    # torch.nn.functional.leaky_relu's default slope.
+    return ops.leaky_relu(x, negative_slope=0.01)
+
+
+def _linear(x):
+    return x
+
+
+_ACTIVATIONS = {
+    "relu": ops.relu,
+    "swish": ops.silu,
+    "silu": ops.silu,
+    "gelu": _gelu_exact,
+    "gelu_new": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "quick_gelu": _quick_gelu,
+    "tanh": ops.tanh,
+    "sigmoid": ops.sigmoid,
+    "leakyrelu": _leaky_relu,
+    "linear": _linear,
+}
+
+
+def get_activation(name):
+    """Return the activation function called `name` (Hugging Face spelling).
+
+    `"gelu"` is the exact (erf) GELU, as in PyTorch and Hugging Face;
+    `"gelu_new"`, `"gelu_fast"` and `"gelu_pytorch_tanh"` are the tanh form.
+    """
+    key = (name or "linear").lower()
+    if key not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation: got {name!r}; expected one of {sorted(_ACTIVATIONS)}."
+        )
+    return _ACTIVATIONS[key]
+
+
+def supported_activations():
+    return sorted(_ACTIVATIONS)
+

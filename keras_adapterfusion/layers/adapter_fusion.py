@@ -1,0 +1,242 @@
+"""The AdapterFusion layer: per-token attention over the outputs of N adapters."""
+
+import keras
+from keras import ops
+
+from keras_adapterfusion.configs import FusionConfig
+
+TEMPERATURE_START = 50.0
+
+
+def near_identity(shape, dtype=None):
+    """AdapterHub's `value_initialized` start: 1 on the diagonal, 1e-6 elsewhere."""
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"near_identity: got shape {shape}; expected a square [H, H] shape.")
+    eye = ops.eye(shape[0], dtype=dtype)
+    return eye * (1.0 - 1e-6) + 1e-6
+
+
+@keras.saving.register_keras_serializable(package="keras_adapterfusion")
+class AdapterFusion(keras.layers.Layer):
+    """AdapterFusion (Pfeiffer et al., 2020): attention over adapter outputs.
+
+    For every token, the query `q = Q(query)` attends over the N adapters'
+    up projections `U_n` with keys `K(U_n)` and values `V(U_n)`, without
+    `1/sqrt(d)` scaling and without an attention mask, as AdapterHub's
+    `BertFusion` does:
+
+        p = softmax(dropout(q · K(U_n)) / T)      (over n)
+        out = sum_n p_n V(U_n) + residual
+
+    By default the layer computes the same result in a cheaper exact form:
+    `q · (K U_n + b) = (Kᵀ q) · U_n + q · b`, and `sum_n p_n V U_n = V sum_n
+    p_n U_n`, so `K` and `V` are applied once per token instead of once per
+    adapter. `reference_form=True` computes AdapterHub's literal form.
+
+    Args:
+        key: learn a key projection `K` (with bias).
+        query: learn a query projection `Q` (with bias).
+        value: learn a value projection `V` (without bias).
+        query_before_ln: where the enclosing block takes the query from
+            (stored here; read by `TransformerBlock`).
+        regularization: while training, add
+            `regularization_weight * ||I - V||_F^2` through `add_loss`.
+        regularization_weight: weight of that loss (AdapterHub: 0.01).
+        residual_before: add the residual to each adapter output before the
+            attention, instead of to the fused output.
+        temperature: anneal the softmax temperature from 50 by 0.05 per
+            training call, down to 1.
+        value_before_softmax: AdapterHub's flag; both settings give the same
+            result since `V` has no bias.
+        value_initialized: start `V` near the identity.
+        dropout_prob: dropout rate on the attention scores.
+        reference_form: compute AdapterHub's literal (slower) form.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        query: `[batch, tokens, hidden]`.
+        adapter_outputs: the adapters' up projections, `[batch, tokens, N, hidden]`.
+        residual: `[batch, tokens, hidden]`.
+        training: Python bool.
+
+    Returns:
+        A tuple `(output, attention)`: output `[batch, tokens, hidden]` and the
+        attention probabilities `[batch, tokens, N]`.
+
+    Example:
+
+    ```python
+    fusion = AdapterFusion.from_fusion_config("dynamic", dropout_prob=0.0)
+    q = keras.random.normal((2, 5, 64))
+    ups = keras.random.normal((2, 5, 3, 64))
+    out, attention = fusion(q, ups, q)
+    ```
+
+    References:
+        - [Pfeiffer et al., 2020](https://arxiv.org/abs/2005.00247)
+    """
+
+    def __init__(
+        self,
+        key=True,
+        query=True,
+        value=True,
+        query_before_ln=False,
+        regularization=True,
+        regularization_weight=0.01,
+        residual_before=False,
+        temperature=False,
+        value_before_softmax=True,
+        value_initialized=True,
+        dropout_prob=0.0,
+        reference_form=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # Shared validation with FusionConfig (names the bad field).
+        FusionConfig(
+            key=key,
+            query=query,
+            value=value,
+            query_before_ln=query_before_ln,
+            regularization=regularization,
+            regularization_weight=regularization_weight,
+            residual_before=residual_before,
+            temperature=temperature,
+            value_before_softmax=value_before_softmax,
+            value_initialized=value_initialized,
+            dropout_prob=dropout_prob,
+        )
+        if not isinstance(reference_form, bool):
+            raise ValueError(
+                f"AdapterFusion.reference_form: got {reference_form!r}; expected True or False."
+            )
+        self.use_key = key
+        self.use_query = query
+        self.use_value = value
+        self.query_before_ln = query_before_ln
+        self.regularization = regularization
+        self.regularization_weight = regularization_weight
+        self.residual_before = residual_before
+        self.temperature = temperature
+        self.value_before_softmax = value_before_softmax
+        self.value_initialized = value_initialized
+        self.dropout_prob = 0.0 if dropout_prob is None else float(dropout_prob)
+        self.reference_form = reference_form
+
+    @classmethod
+    def from_fusion_config(cls, config, dropout_prob=None, **kwargs):
+        """Build from a `FusionConfig` (or preset name); `dropout_prob` fills a `None` rate."""
+        config = FusionConfig.get(config)
+        rate = config.dropout_prob if config.dropout_prob is not None else (dropout_prob or 0.0)
+        fields = config.to_dict()
+        fields["dropout_prob"] = rate
+        return cls(**fields, **kwargs)
+
+    def build(self, query_shape, adapter_outputs_shape=None, residual_shape=None):
+        hidden = query_shape[-1]
+        self.hidden_size = hidden
+        normal = keras.initializers.RandomNormal(stddev=0.02)
+        if self.use_query:
+            self.query_dense = keras.layers.Dense(
+                hidden, kernel_initializer=normal, bias_initializer="zeros",
+                dtype=self.dtype_policy, name="query",
+            )
+            self.query_dense.build(query_shape)
+        if self.use_key:
+            self.key_dense = keras.layers.Dense(
+                hidden, kernel_initializer=normal, bias_initializer="zeros",
+                dtype=self.dtype_policy, name="key",
+            )
+            self.key_dense.build(query_shape)
+        if self.use_value:
+            self.value_dense = keras.layers.Dense(
+                hidden,
+                use_bias=False,
+                kernel_initializer=near_identity if self.value_initialized else normal,
+                dtype=self.dtype_policy,
+                name="value",
+            )
+            self.value_dense.build(query_shape)
+        if self.temperature:
+            self.temperature_value = self.add_weight(
+                name="temperature",
+                shape=(),
+                initializer=keras.initializers.Constant(TEMPERATURE_START),
+                trainable=False,
+            )
+        self.score_dropout = keras.layers.Dropout(self.dropout_prob, dtype=self.dtype_policy)
+
+    def regularization_loss(self):
+        """`regularization_weight * ||I - V||_F^2` (0 when there is no `V`)."""
+        if not self.use_value:
+            return ops.convert_to_tensor(0.0)
+        kernel = ops.cast(self.value_dense.kernel, "float32")
+        eye = ops.eye(self.hidden_size, dtype="float32")
+        return self.regularization_weight * ops.sum(ops.square(eye - kernel))
+
+    def _scores_and_values(self, q, u):
+        if self.reference_form:
+            keys = self.key_dense(u) if self.use_key else u
+            scores = ops.einsum("bth,btnh->btn", q, keys)
+            if self.use_value and self.value_before_softmax:
+                values = self.value_dense(u)
+            else:
+                values = u
+            return scores, values
+        if self.use_key:
+            kernel = ops.cast(self.key_dense.kernel, q.dtype)
+            bias = ops.cast(self.key_dense.bias, q.dtype)
+            r = ops.matmul(q, ops.transpose(kernel))
+            scores = ops.einsum("bth,btnh->btn", r, u)
+            # q · b is the same for every adapter, so it cancels in the
+            # softmax; it is kept so that dropout on the scores sees the
+            # same numbers as the reference.
+            scores = scores + ops.sum(q * bias, axis=-1, keepdims=True)
+        else:
+            scores = ops.einsum("bth,btnh->btn", q, u)
+        return scores, u
+
+    def call(self, query, adapter_outputs, residual, training=None):
+        u = adapter_outputs
+        if self.residual_before:
+            u = u + ops.expand_dims(residual, 2)
+        q = self.query_dense(query) if self.use_query else query
+        scores, values = self._scores_and_values(q, u)
+        scores = self.score_dropout(scores, training=training)
+        scores = ops.cast(scores, "float32")
+        if self.temperature:
+            t = ops.cast(self.temperature_value, "float32")
+            scores = scores / t
+            if training:
+                self.temperature_value.assign(ops.maximum(t - TEMPERATURE_START / 1000.0, 1.0))
+        probs = ops.cast(ops.softmax(scores, axis=-1), values.dtype)
+        context = ops.einsum("btn,btnh->bth", probs, values)
+        if self.use_value and (not self.reference_form or not self.value_before_softmax):
+            context = self.value_dense(context)
+        if not self.residual_before:
+            context = context + residual
+        if training and self.regularization and self.use_value and self.trainable:
+            self.add_loss(self.regularization_loss())
+        return context, probs
+
+    def compute_output_shape(self, query_shape, adapter_outputs_shape, residual_shape):
+        return tuple(query_shape), tuple(adapter_outputs_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            key=self.use_key,
+            query=self.use_query,
+            value=self.use_value,
+            query_before_ln=self.query_before_ln,
+            regularization=self.regularization,
+            regularization_weight=self.regularization_weight,
+            residual_before=self.residual_before,
+            temperature=self.temperature,
+            value_before_softmax=self.value_before_softmax,
+            value_initialized=self.value_initialized,
+            dropout_prob=self.dropout_prob,
+            reference_form=self.reference_form,
+        )
+        return config

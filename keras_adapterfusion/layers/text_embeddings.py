@@ -1,0 +1,125 @@
+"""BERT/RoBERTa input embeddings: word + position + token type, LayerNorm, dropout."""
+
+import keras
+from keras import ops
+
+POSITION_STYLES = ("absolute", "roberta")
+
+
+@keras.saving.register_keras_serializable(package="keras_adapterfusion")
+class TextEmbeddings(keras.layers.Layer):
+    """Word, position and token-type embeddings followed by LayerNorm and dropout.
+
+    With `position_style="roberta"` positions count only non-padding tokens and
+    start at `pad_token_id + 1`, as in Hugging Face's RoBERTa and XLM-R;
+    padding tokens get position `pad_token_id`.
+
+    Args:
+        vocab_size: word vocabulary size.
+        hidden_size: embedding width.
+        max_positions: rows of the position table.
+        type_vocab_size: rows of the token-type table.
+        pad_token_id: id of the padding token.
+        position_style: `"absolute"` (BERT) or `"roberta"`.
+        layer_norm_epsilon: LayerNorm epsilon.
+        dropout: dropout rate after the LayerNorm.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        input_ids: int `[batch, tokens]`.
+        token_type_ids: int `[batch, tokens]` or `None` (zeros).
+        training: Python bool.
+
+    Example:
+
+    ```python
+    emb = TextEmbeddings(vocab_size=1000, hidden_size=64, max_positions=128)
+    x = emb(keras.ops.ones((2, 7), "int32"))
+    ```
+
+    References:
+        - [Devlin et al., 2019](https://arxiv.org/abs/1810.04805)
+        - [Liu et al., 2019](https://arxiv.org/abs/1907.11692)
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        hidden_size,
+        max_positions,
+        type_vocab_size=2,
+        pad_token_id=0,
+        position_style="absolute",
+        layer_norm_epsilon=1e-12,
+        dropout=0.1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if position_style not in POSITION_STYLES:
+            raise ValueError(
+                f"TextEmbeddings.position_style: got {position_style!r}; expected one of {list(POSITION_STYLES)}."
+            )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.max_positions = max_positions
+        self.type_vocab_size = type_vocab_size
+        self.pad_token_id = pad_token_id
+        self.position_style = position_style
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+
+    def build(self, input_shape=None):
+        init = keras.initializers.RandomNormal(stddev=0.02)
+        self.word_embeddings = keras.layers.Embedding(
+            self.vocab_size, self.hidden_size, embeddings_initializer=init,
+            dtype=self.dtype_policy, name="word_embeddings",
+        )
+        self.position_embeddings = keras.layers.Embedding(
+            self.max_positions, self.hidden_size, embeddings_initializer=init,
+            dtype=self.dtype_policy, name="position_embeddings",
+        )
+        self.token_type_embeddings = keras.layers.Embedding(
+            self.type_vocab_size, self.hidden_size, embeddings_initializer=init,
+            dtype=self.dtype_policy, name="token_type_embeddings",
+        )
+        for layer in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):
+            layer.build((None, None))
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
+        )
+        self.norm.build((None, None, self.hidden_size))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def position_ids(self, input_ids):
+        if self.position_style == "roberta":
+            mask = ops.cast(ops.not_equal(input_ids, self.pad_token_id), "int32")
+            return ops.cumsum(mask, axis=1) * mask + self.pad_token_id
+        t = ops.shape(input_ids)[1]
+        return ops.expand_dims(ops.arange(t, dtype="int32"), 0)
+
+    def call(self, input_ids, token_type_ids=None, training=None):
+        input_ids = ops.cast(input_ids, "int32")
+        if token_type_ids is None:
+            token_type_ids = ops.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids)
+        x = x + self.position_embeddings(self.position_ids(input_ids))
+        x = x + self.token_type_embeddings(ops.cast(token_type_ids, "int32"))
+        x = self.norm(x)
+        return self.dropout_layer(x, training=training)
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return tuple(input_shape) + (self.hidden_size,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            max_positions=self.max_positions,
+            type_vocab_size=self.type_vocab_size,
+            pad_token_id=self.pad_token_id,
+            position_style=self.position_style,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            dropout=self.dropout,
+        )
+        return config

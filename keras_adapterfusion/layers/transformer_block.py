@@ -1,0 +1,391 @@
+"""A post-LayerNorm transformer block (BERT, RoBERTa, XLM-R) with adapter slots."""
+
+import keras
+from keras import ops
+
+from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.layers.activations import get_activation
+from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
+from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
+
+SLOTS = ("mh", "output")
+
+
+def normalize_setup(setup):
+    """Canonical form of an adapter setup.
+
+    `None` (no adapters), a name (one adapter), or a list/tuple of names (fusion
+    over them) become `None`, `("single", name)` or `("fuse", (names...))`.
+    """
+    if setup is None:
+        return None
+    if isinstance(setup, str):
+        return ("single", setup)
+    if isinstance(setup, (list, tuple)) and len(setup) == 2 and setup[0] in ("single", "fuse"):
+        kind, names = setup
+        if kind == "single" and isinstance(names, str):
+            return ("single", names)
+        if kind == "fuse" and isinstance(names, (list, tuple)):
+            return normalize_setup(list(names))
+    if isinstance(setup, (list, tuple)) and setup and all(isinstance(n, str) for n in setup):
+        names = tuple(setup)
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter_setup: got {list(setup)} with repeated names; expected distinct adapter names.")
+        return ("fuse", names)
+    raise ValueError(
+        f"adapter_setup: got {setup!r}; expected None, an adapter name, or a non-empty "
+        "list of adapter names to fuse."
+    )
+
+
+def fusion_key(names):
+    """AdapterHub's name for the fusion over `names`: the names joined by commas."""
+    return ",".join(names)
+
+
+@keras.saving.register_keras_serializable(package="keras_adapterfusion")
+class TransformerBlock(keras.layers.Layer):
+    """A BERT-style post-LayerNorm transformer block with two adapter slots.
+
+    The block is `x1 = slot_mh(attention(x), x, LN_att)` followed by
+    `out = slot_output(FFN(x1), x1, LN_out)`. A slot with nothing active
+    computes the block's own `LN(h + x)`; with one adapter it applies AdapterHub's
+    pre-forward, the adapter and the post-forward; with several adapters it runs
+    AdapterFusion over their up projections. Which adapters are active is a call
+    argument, so models that share one block can use different setups.
+
+    Adapters and fusion layers can be added after the block is built
+    (`add_adapter`, `add_fusion`); their weights are created at once.
+
+    Args:
+        hidden_size: model width.
+        num_heads: attention heads.
+        intermediate_size: feed-forward width.
+        hidden_act: feed-forward activation (Hugging Face name; `"gelu"` is exact).
+        hidden_dropout: dropout after the attention output and FFN projections.
+        attention_dropout: dropout on attention probabilities; also the fusion
+            dropout when a fusion config leaves `dropout_prob` unset.
+        layer_norm_epsilon: epsilon of the block's LayerNorms.
+        block_index: index of this block in the encoder (for `leave_out` and
+            per-block reduction factors).
+        adapters: dict adapter name -> `AdapterConfig` dict (for `from_config`).
+        fusions: dict fusion name -> `{"adapters": [...], "config": {...}}`.
+        fusion_reference_form: compute fusion in AdapterHub's literal form.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        hidden_states: `[batch, tokens, hidden]`.
+        attention_mask: `[batch, tokens]`, 1 for real tokens, 0 for padding.
+        adapter_setup: `None`, an adapter name, or a list of names to fuse.
+        training: Python bool.
+
+    Returns:
+        `(hidden_states, mh_attention, output_attention)`; the attentions are the
+        fusion probabilities `[batch, tokens, N]` of each slot, or `None`.
+
+    Example:
+
+    ```python
+    block = TransformerBlock(hidden_size=64, num_heads=4, intermediate_size=128)
+    block.add_adapter("sentiment", "seq_bn")
+    out, _, _ = block(keras.random.normal((2, 5, 64)), adapter_setup="sentiment")
+    ```
+
+    References:
+        - [Devlin et al., 2019](https://arxiv.org/abs/1810.04805)
+        - [Pfeiffer et al., 2020](https://arxiv.org/abs/2005.00247)
+    """
+
+    def __init__(
+        self,
+        hidden_size,
+        num_heads,
+        intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        layer_norm_epsilon=1e-12,
+        block_index=0,
+        adapters=None,
+        fusions=None,
+        fusion_reference_form=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"TransformerBlock.num_heads: got {num_heads} for hidden_size {hidden_size}; "
+                "expected a divisor of hidden_size."
+            )
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self._act = get_activation(hidden_act)
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.block_index = block_index
+        self.fusion_reference_form = fusion_reference_form
+        self.adapter_configs = {}
+        self.fusion_specs = {}
+        # Layer containers, one per slot; keys are adapter / fusion names.
+        self.mh_adapters = {}
+        self.output_adapters = {}
+        self.mh_fusions = {}
+        self.output_fusions = {}
+        for name, config in (adapters or {}).items():
+            self.add_adapter(name, config)
+        for name, spec in (fusions or {}).items():
+            self.add_fusion(spec["adapters"], spec["config"])
+
+    # ------------------------------------------------------------------ build
+    def _dense(self, units, name):
+        return keras.layers.Dense(
+            units,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, input_shape, *args, **kwargs):
+        shape = tuple(input_shape)
+        h = self.hidden_size
+        self.query_dense = self._dense(h, "query")
+        self.key_dense = self._dense(h, "key")
+        self.value_dense = self._dense(h, "value")
+        self.attention_output_dense = self._dense(h, "attention_output")
+        self.attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="attention_norm"
+        )
+        self.intermediate_dense = self._dense(self.intermediate_size, "intermediate")
+        self.output_dense = self._dense(h, "output")
+        self.output_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="output_norm"
+        )
+        for layer in (
+            self.query_dense,
+            self.key_dense,
+            self.value_dense,
+            self.attention_output_dense,
+            self.intermediate_dense,
+        ):
+            layer.build(shape)
+        self.output_dense.build(shape[:-1] + (self.intermediate_size,))
+        self.attention_norm.build(shape)
+        self.output_norm.build(shape)
+        self.attention_probs_dropout = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
+        self.hidden_dropout_layer = keras.layers.Dropout(self.hidden_dropout, dtype=self.dtype_policy)
+        self._adapter_input_shape = shape
+        for container in self._containers():
+            for layer in container.values():
+                self._build_adapter_layer(layer)
+
+    def _containers(self):
+        return (self.mh_adapters, self.output_adapters, self.mh_fusions, self.output_fusions)
+
+    def _build_adapter_layer(self, layer):
+        if layer.built:
+            return
+        shape = self._adapter_input_shape
+        if isinstance(layer, AdapterFusion):
+            layer.build(shape, shape[:-1] + (None, shape[-1]), shape)
+        else:
+            layer.build(shape)
+
+    # ------------------------------------------------------- adding adapters
+    def _track(self, container, key, layer):
+        unlocked = getattr(self, "_tracker", None) is not None and self._tracker.locked
+        if unlocked:
+            self._tracker.unlock()
+        try:
+            container[key] = layer
+            if self.built:
+                self._build_adapter_layer(layer)
+        finally:
+            if unlocked:
+                self._tracker.lock()
+
+    def add_adapter(self, name, config="seq_bn"):
+        """Add a bottleneck adapter called `name` in the slots `config` asks for.
+
+        Returns True when the adapter went into this block, False when the
+        config's `leave_out` excludes the block.
+        """
+        if not isinstance(name, str) or not name or "," in name:
+            raise ValueError(
+                f"adapter name: got {name!r}; expected a non-empty string without commas."
+            )
+        if name in self.adapter_configs:
+            raise ValueError(f"adapter name: {name!r} is already in block {self.block_index}; expected a new name.")
+        config = AdapterConfig.get(config)
+        self.adapter_configs[name] = config
+        if not config.in_block(self.block_index):
+            return False
+        for slot in config.slots():
+            layer = BottleneckAdapter.from_adapter_config(
+                config,
+                self.hidden_size,
+                self.block_index,
+                dtype=self.dtype_policy,
+                name=f"{slot}_adapter_{name}",
+            )
+            self._track(self._slot_adapters(slot), name, layer)
+        return True
+
+    def add_fusion(self, adapter_names, config="dynamic"):
+        """Add a fusion layer over `adapter_names` (in every slot they share)."""
+        names = normalize_setup(list(adapter_names))[1]
+        for n in names:
+            if n not in self.adapter_configs:
+                raise ValueError(
+                    f"add_fusion: adapter {n!r} is not in block {self.block_index}; "
+                    f"expected one of {sorted(self.adapter_configs)}."
+                )
+        key = fusion_key(names)
+        if key in self.fusion_specs:
+            raise ValueError(f"add_fusion: a fusion {key!r} already exists; expected a new set of adapters.")
+        configs = [self.adapter_configs[n] for n in names]
+        for flag in ("mh_adapter", "output_adapter"):
+            values = {n: getattr(c, flag) for n, c in zip(names, configs)}
+            if len(set(values.values())) > 1:
+                raise ValueError(
+                    f"add_fusion: fused adapters must share {flag}; got {values}."
+                )
+        config = FusionConfig.get(config)
+        self.fusion_specs[key] = {"adapters": list(names), "config": config}
+        for slot in configs[0].slots():
+            if not any(n in self._slot_adapters(slot) for n in names):
+                continue
+            layer = AdapterFusion.from_fusion_config(
+                config,
+                dropout_prob=self.attention_dropout,
+                reference_form=self.fusion_reference_form,
+                dtype=self.dtype_policy,
+                name=f"{slot}_fusion_{key.replace(',', '_')}",
+            )
+            self._track(self._slot_fusions(slot), key, layer)
+        return key
+
+    def _slot_adapters(self, slot):
+        return self.mh_adapters if slot == "mh" else self.output_adapters
+
+    def _slot_fusions(self, slot):
+        return self.mh_fusions if slot == "mh" else self.output_fusions
+
+    def adapter_layers(self, name):
+        """The `BottleneckAdapter` layers of adapter `name` in this block, by slot."""
+        return {s: self._slot_adapters(s)[name] for s in SLOTS if name in self._slot_adapters(s)}
+
+    def fusion_layers(self, names):
+        key = names if isinstance(names, str) else fusion_key(names)
+        return {s: self._slot_fusions(s)[key] for s in SLOTS if key in self._slot_fusions(s)}
+
+    # ------------------------------------------------------------- forward
+    @staticmethod
+    def _pre_forward(config, h, x, norm, query_before_ln=False):
+        """AdapterHub's `Adapter.pre_forward`: (adapter input, query, residual)."""
+        residual = h if config.residual_before_ln is True else None
+        query = h if query_before_ln else None
+        if config.original_ln_before:
+            a = h + x
+            if config.residual_before_ln == "post_add":
+                residual = a
+            a = norm(a)
+        else:
+            a = h
+        if config.residual_before_ln is False:
+            residual = a
+        if not query_before_ln:
+            query = a
+        return a, query, residual
+
+    @staticmethod
+    def _post_forward(config, out, x, norm):
+        if config.original_ln_after:
+            return norm(out + x)
+        return out
+
+    def _slot(self, slot, h, x, norm, setup, training):
+        if setup is None:
+            return norm(h + x), None
+        kind, names = setup
+        adapters = self._slot_adapters(slot)
+        if kind == "single":
+            if names not in adapters:
+                return norm(h + x), None
+            config = self.adapter_configs[names]
+            a, _, residual = self._pre_forward(config, h, x, norm)
+            out = adapters[names](a, residual, training=training)
+            return self._post_forward(config, out, x, norm), None
+        present = [n for n in names if n in adapters]
+        if not present:
+            return norm(h + x), None
+        key = fusion_key(names)
+        fusions = self._slot_fusions(slot)
+        if key not in fusions:
+            raise ValueError(
+                f"adapter_setup: no fusion over {list(names)} in block {self.block_index}; "
+                f"expected one of {sorted(self.fusion_specs)} (add it with add_fusion)."
+            )
+        fusion = fusions[key]
+        # AdapterHub: the last fused adapter's config decides the residual.
+        config = self.adapter_configs[present[-1]]
+        a, query, residual = self._pre_forward(config, h, x, norm, fusion.query_before_ln)
+        ups = ops.stack([adapters[n](a, up_only=True) for n in present], axis=2)
+        out, probs = fusion(query, ups, residual, training=training)
+        return self._post_forward(config, out, x, norm), probs
+
+    def _attention(self, x, attention_mask, training):
+        b, t = ops.shape(x)[0], ops.shape(x)[1]
+
+        def heads(y):
+            y = ops.reshape(y, (b, t, self.num_heads, self.head_dim))
+            return ops.transpose(y, (0, 2, 1, 3))
+
+        q = heads(self.query_dense(x))
+        k = heads(self.key_dense(x))
+        v = heads(self.value_dense(x))
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
+        scores = ops.cast(scores, "float32") / (self.head_dim ** 0.5)
+        if attention_mask is not None:
+            keep = ops.cast(attention_mask, "bool")[:, None, None, :]
+            scores = ops.where(keep, scores, ops.cast(-3.4028234663852886e38, "float32"))
+        probs = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
+        probs = self.attention_probs_dropout(probs, training=training)
+        ctx = ops.matmul(probs, v)
+        ctx = ops.reshape(ops.transpose(ctx, (0, 2, 1, 3)), (b, t, self.hidden_size))
+        return ctx
+
+    def call(self, hidden_states, attention_mask=None, adapter_setup=None, training=None):
+        setup = normalize_setup(adapter_setup)
+        x = hidden_states
+        h = self.hidden_dropout_layer(
+            self.attention_output_dense(self._attention(x, attention_mask, training)), training=training
+        )
+        x1, mh_probs = self._slot("mh", h, x, self.attention_norm, setup, training)
+        inter = self._act(self.intermediate_dense(x1))
+        h2 = self.hidden_dropout_layer(self.output_dense(inter), training=training)
+        out, out_probs = self._slot("output", h2, x1, self.output_norm, setup, training)
+        return out, mh_probs, out_probs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act=self.hidden_act,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            block_index=self.block_index,
+            adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
+            fusions={
+                k: {"adapters": list(s["adapters"]), "config": s["config"].to_dict()}
+                for k, s in self.fusion_specs.items()
+            },
+            fusion_reference_form=self.fusion_reference_form,
+        )
+        return config

@@ -1,0 +1,26 @@
+"""keras_adapterfusion: AdapterFusion for Keras 3 and TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-adapterfusion",
+    version="0.1.0",
+    description="AdapterFusion (Pfeiffer et al., 2020) for Keras 3 and TensorFlow, with parity to AdapterHub",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_adapterfusion", "keras_adapterfusion.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.5",
+        "transformers",
+        "safetensors",
+        "tensorflow-datasets",
+        "keras-tuner",
+        "numpy",
+    ],
+    extras_require={
+        "dev": ["pytest", "jax[cpu]"],
+    },
+    license="Apache-2.0",
+)
