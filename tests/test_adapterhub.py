@@ -1,0 +1,271 @@
+"""AdapterHub import/export: parity with `adapters` 1.3.0 outputs, round trips, errors."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from keras import ops
+from safetensors.numpy import load_file, save_file
+
+from conftest import BACKBONES, FIXTURES, FUSION_CASE, TINY_BERT, max_abs, model_inputs
+from keras_adapterfusion import CheckpointError, adapterhub, load_encoder
+
+PARITY = 1e-4
+VARIANTS = os.path.join(FIXTURES, "reference_variants")
+CASE_NAMES = ["sentiment", "nli", "topic"]
+
+
+def load_case(reference_form=False, directory=FUSION_CASE, names=CASE_NAMES, base=TINY_BERT, **kwargs):
+    return adapterhub.load_fusion_model(
+        base, [os.path.join(directory, n) for n in names], os.path.join(directory, "fusion"),
+        head_dir=os.path.join(directory, "head"), reference_form=reference_form, **kwargs,
+    )
+
+
+def errors_against(model, ref):
+    out = model(model_inputs(ref))
+    keys = [k for k in ("logits", "last_hidden_state", "fusion_attentions", "mh_fusion_attentions") if k in ref]
+    return {k: max_abs(out[k], ref[k]) for k in keys}
+
+
+@pytest.mark.parametrize("reference_form", [False, True])
+def test_fixture_parity(reference_form):
+    ref = np.load(os.path.join(FUSION_CASE, "reference.npz"))
+    model = load_case(reference_form)
+    errors = errors_against(model, ref)
+    assert set(errors) == {"logits", "last_hidden_state", "fusion_attentions"}
+    assert ops.convert_to_numpy(model(model_inputs(ref))["fusion_attentions"]).shape == (2, 4, 10, 3)
+    print("tiny_seqbn_dynamic", reference_form, errors)
+    assert max(errors.values()) < PARITY, errors
+
+
+VARIANT_CASES = sorted(os.listdir(VARIANTS)) if os.path.isdir(VARIANTS) else []
+
+
+@pytest.mark.parametrize("case", VARIANT_CASES)
+def test_reference_variant_parity(case):
+    """Cases written by `adapters` 1.3.0 itself (tests/fixtures/make_reference_variants.py)."""
+    directory = os.path.join(VARIANTS, case)
+    spec = json.load(open(os.path.join(directory, "case.json")))
+    base = os.path.join(BACKBONES, spec["base"])
+    names = list(spec["adapters"])
+    ref = np.load(os.path.join(directory, "reference.npz"))
+    if spec["fusion"]:
+        models = [load_case(rf, directory, names, base) for rf in (False, True)]
+    else:
+        models = [adapterhub.load_adapter_model(base, os.path.join(directory, names[0]),
+                                                head_dir=os.path.join(directory, "head"))]
+    for model in models:
+        errors = errors_against(model, ref)
+        print(case, errors)
+        assert "logits" in errors and "last_hidden_state" in errors
+        if spec["fusion"]:
+            assert "fusion_attentions" in errors or "mh_fusion_attentions" in errors
+        assert max(errors.values()) < PARITY, errors
+
+
+def test_reference_variants_cover_every_config_field():
+    """Every AdapterConfig / FusionConfig field takes a non-default value in some reference case."""
+    seen_adapter, seen_fusion = set(), set()
+    base_adapter, base_fusion = adapterhub.AdapterConfig().to_dict(), adapterhub.FusionConfig().to_dict()
+    for case in VARIANT_CASES:
+        spec = json.load(open(os.path.join(VARIANTS, case, "case.json")))
+        for a in spec["adapters"].values():
+            fields = {k: v for k, v in a.items() if k != "preset"}
+            config = adapterhub.AdapterConfig.from_preset(a["preset"], **fields).to_dict()
+            seen_adapter.update(k for k, v in config.items() if v != base_adapter[k])
+        if spec["fusion"]:
+            fields = {k: v for k, v in spec["fusion"].items() if k != "preset"}
+            config = adapterhub.FusionConfig.from_preset(spec["fusion"]["preset"], **fields).to_dict()
+            seen_fusion.update(k for k, v in config.items() if v != base_fusion[k])
+    untested_adapter = set(base_adapter) - seen_adapter - {"init_weights", "dropout"}  # training-time only
+    untested_fusion = set(base_fusion) - seen_fusion - {"dropout_prob", "regularization_weight"}
+    assert not untested_adapter, untested_adapter
+    assert not untested_fusion, untested_fusion
+
+
+def test_pickled_files_need_opt_in(tmp_path):
+    src = os.path.join(VARIANTS, "single_no_original_ln_after")
+    for part in ("solo", "head"):
+        os.makedirs(tmp_path / part)
+        for f in os.listdir(os.path.join(src, part)):
+            if not f.endswith(".safetensors"):
+                shutil.copy(os.path.join(src, part, f), tmp_path / part)
+    with pytest.raises(CheckpointError) as e:
+        adapterhub.load_adapter_model(TINY_BERT, str(tmp_path / "solo"))
+    assert "pytorch_adapter.bin" in str(e.value) and "allow_pickle=True" in str(e.value)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(CheckpointError, match="needs PyTorch"):
+            adapterhub.load_adapter_model(TINY_BERT, str(tmp_path / "solo"), allow_pickle=True)
+        return
+    model = adapterhub.load_adapter_model(TINY_BERT, str(tmp_path / "solo"), head_dir=str(tmp_path / "head"),
+                                          allow_pickle=True)
+    ref = np.load(os.path.join(src, "reference.npz"))
+    assert max(errors_against(model, ref).values()) < PARITY
+
+
+def _file_tensors(directory):
+    for f in os.listdir(directory):
+        if f.endswith(".safetensors"):
+            return load_file(os.path.join(directory, f))
+    raise AssertionError(f"no safetensors in {directory}")
+
+
+@pytest.mark.parametrize("case", ["tiny_seqbn_dynamic", "custom_fields_dynamic", "houlsby_static"])
+def test_export_round_trip_matches_adapterhub_files(case, tmp_path):
+    if case == "tiny_seqbn_dynamic":
+        directory, names = FUSION_CASE, CASE_NAMES
+    else:
+        directory = os.path.join(VARIANTS, case)
+        names = list(json.load(open(os.path.join(directory, "case.json")))["adapters"])
+    model = load_case(directory=directory, names=names)
+    encoder = model.encoder
+    for n in names:
+        adapterhub.save_adapter(encoder, n, tmp_path / n)
+    adapterhub.save_fusion(encoder, names, tmp_path / "fusion")
+    adapterhub.save_head(model.head, "target", tmp_path / "head", encoder)
+    for part in names + ["fusion", "head"]:
+        theirs, ours = _file_tensors(os.path.join(directory, part)), _file_tensors(tmp_path / part)
+        assert set(ours) == set(theirs), part
+        for k in theirs:
+            np.testing.assert_array_equal(ours[k], theirs[k])
+        config_file = [f for f in os.listdir(tmp_path / part) if f.endswith(".json")][0]
+        their_meta = json.load(open(os.path.join(directory, part, config_file)))
+        our_meta = json.load(open(tmp_path / part / config_file))
+        for key in ("hidden_size", "model_type", "name", "model_class"):
+            assert our_meta[key] == their_meta[key], (part, key)
+        if part != "head":
+            assert our_meta["config"] == their_meta["config"], part
+    ref = np.load(os.path.join(directory, "reference.npz"))
+    reloaded = load_case(directory=str(tmp_path), names=names)
+    assert max_abs(reloaded(model_inputs(ref))["logits"], model(model_inputs(ref))["logits"]) == 0.0
+
+
+def test_single_adapter_model_without_head():
+    model = adapterhub.load_adapter_model(TINY_BERT, os.path.join(FUSION_CASE, "nli"))
+    ref = np.load(os.path.join(FUSION_CASE, "reference.npz"))
+    out = model(model_inputs(ref))
+    assert "logits" not in out and "fusion_attentions" not in out
+    plain = load_encoder(TINY_BERT)(model_inputs(ref))["last_hidden_state"]
+    assert max_abs(out["last_hidden_state"], plain) > 1e-3
+
+
+# ----------------------------------------------------------------- errors
+def _copy_case(tmp_path):
+    dst = tmp_path / "case"
+    shutil.copytree(FUSION_CASE, dst)
+    return dst
+
+
+def _edit_json(path, **changes):
+    data = json.load(open(path))
+    data.update(changes)
+    json.dump(data, open(path, "w"))
+
+
+def test_hidden_size_mismatch(tmp_path):
+    case = _copy_case(tmp_path)
+    _edit_json(case / "nli" / "adapter_config.json", hidden_size=768)
+    with pytest.raises(CheckpointError) as e:
+        load_case(directory=str(case))
+    assert "nli/adapter_config.json" in str(e.value) and "768" in str(e.value) and "64" in str(e.value)
+
+
+def test_fused_adapters_with_different_slot_flags(tmp_path):
+    case = _copy_case(tmp_path)
+    shutil.rmtree(case / "nli")
+    shutil.copytree(os.path.join(VARIANTS, "houlsby_static", "a"), case / "nli")
+    _edit_json(case / "nli" / "adapter_config.json", name="nli")
+    tensors = load_file(str(case / "nli" / "adapter.safetensors"))
+    save_file({k.replace(".adapters.a.", ".adapters.nli."): v for k, v in tensors.items()},
+              str(case / "nli" / "adapter.safetensors"))
+    with pytest.raises(CheckpointError) as e:
+        load_case(directory=str(case))
+    assert "adapter_fusion_config.json" in str(e.value) and "slot flags" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: os.remove(c / "topic" / "adapter.safetensors"), "no weights found"),
+        (lambda c: os.remove(c / "fusion" / "adapter_fusion_config.json"), "adapter_fusion_config.json: missing"),
+        (lambda c: (c / "head" / "model_head.safetensors").write_bytes(b"{broken"), "cannot be read as safetensors"),
+        (lambda c: (c / "sentiment" / "adapter_config.json").write_text("{not json"), "cannot be read as JSON"),
+        (lambda c: _add_key(c / "topic" / "adapter.safetensors", "bert.encoder.layer.0.output.adapters.topic.x"),
+         "unknown key"),
+        (lambda c: _add_key(c / "fusion" / "model_adapter_fusion.safetensors", "bert.pooler.extra"), "unknown key"),
+        (lambda c: _edit_json(c / "sentiment" / "adapter_config.json",
+                              config={**json.load(open(c / "sentiment" / "adapter_config.json"))["config"],
+                                      "use_gating": True}), "use_gating=True is not supported"),
+        (lambda c: _edit_json(c / "head" / "head_config.json", model_type="roberta"), "model_type is 'roberta'"),
+        (lambda c: _reshape(c / "nli" / "adapter.safetensors"), "has shape"),
+    ],
+)
+def test_bad_files_raise_naming_file(tmp_path, mutate, message):
+    case = _copy_case(tmp_path)
+    mutate(case)
+    with pytest.raises(CheckpointError) as e:
+        load_case(directory=str(case))
+    assert message in str(e.value)
+    assert str(case) in str(e.value)
+
+
+def _add_key(path, key):
+    tensors = load_file(str(path))
+    tensors[key] = np.zeros(3, "float32")
+    save_file(tensors, str(path))
+
+
+def _reshape(path):
+    tensors = load_file(str(path))
+    key = "bert.encoder.layer.1.output.adapters.nli.adapter_up.weight"
+    tensors[key] = np.zeros((64, 8), "float32")
+    save_file(tensors, str(path))
+
+
+def test_failed_load_changes_nothing(tmp_path):
+    encoder = load_encoder(TINY_BERT)
+    adapterhub.load_adapter(encoder, os.path.join(FUSION_CASE, "sentiment"))
+    before = [ops.convert_to_numpy(v).copy() for v in encoder.weights]
+    case = _copy_case(tmp_path)
+    _reshape(case / "nli" / "adapter.safetensors")
+    with pytest.raises(CheckpointError):
+        adapterhub.load_adapter(encoder, str(case / "nli"))
+    assert list(encoder.adapter_configs) == ["sentiment"]
+    assert all(not b.adapter_layers("nli") for b in encoder.blocks)
+    after = [ops.convert_to_numpy(v) for v in encoder.weights]
+    assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before))
+    with pytest.raises(CheckpointError, match="already has an adapter 'sentiment'"):
+        adapterhub.load_adapter(encoder, os.path.join(FUSION_CASE, "sentiment"))
+    name = adapterhub.load_adapter(encoder, os.path.join(FUSION_CASE, "sentiment"), load_as="sentiment2")
+    assert name == "sentiment2" and len(encoder.adapter_weights("sentiment2")) == 8
+
+
+def test_fusion_needs_its_adapters():
+    with pytest.raises(CheckpointError, match=r"fuses adapter\(s\) \['topic'\] that are not loaded"):
+        load_case(names=["sentiment", "nli"])
+
+
+def test_save_is_atomic_and_keeps_earlier_save(tmp_path, monkeypatch):
+    model = load_case()
+    target = tmp_path / "sentiment"
+    adapterhub.save_adapter(model.encoder, "sentiment", target)
+    first = (target / "adapter.safetensors").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    import safetensors.numpy
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        adapterhub.save_adapter(model.encoder, "sentiment", target)
+    assert (target / "adapter.safetensors").read_bytes() == first
+    assert sorted(os.listdir(tmp_path)) == ["sentiment"]
+    with pytest.raises(OSError):
+        adapterhub.save_adapter(model.encoder, "nli", tmp_path / "new")
+    assert sorted(os.listdir(tmp_path)) == ["sentiment"]
