@@ -18,6 +18,7 @@ setup(
         "tensorflow-datasets",
         "keras-tuner",
         "numpy",
+        "matplotlib",
     ],
     extras_require={
         "dev": ["pytest", "jax[cpu]"],

@@ -11,10 +11,12 @@ from keras_adapterfusion.layers import (
     AdapterFusion,
     BottleneckAdapter,
     ClassificationHead,
+    MultipleChoiceHead,
     TextEmbeddings,
+    TokenClassificationHead,
     TransformerBlock,
 )
-from keras_adapterfusion.models import AdapterModel
+from keras_adapterfusion.models import AdapterModel, MultiTaskModel
 
 __version__ = "0.1.0"
 
@@ -25,6 +27,9 @@ __all__ = [
     "BottleneckAdapter",
     "CheckpointError",
     "ClassificationHead",
+    "MultiTaskModel",
+    "MultipleChoiceHead",
+    "TokenClassificationHead",
     "FusionConfig",
     "TextEmbeddings",
     "TransformerBlock",

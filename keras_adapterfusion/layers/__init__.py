@@ -3,7 +3,17 @@
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
 from keras_adapterfusion.layers.classification_head import ClassificationHead
+from keras_adapterfusion.layers.multiple_choice_head import MultipleChoiceHead
+from keras_adapterfusion.layers.token_classification_head import TokenClassificationHead
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
 from keras_adapterfusion.layers.transformer_block import TransformerBlock
 
-__all__ = ["AdapterFusion", "BottleneckAdapter", "ClassificationHead", "TextEmbeddings", "TransformerBlock"]
+__all__ = [
+    "AdapterFusion",
+    "BottleneckAdapter",
+    "ClassificationHead",
+    "MultipleChoiceHead",
+    "TextEmbeddings",
+    "TokenClassificationHead",
+    "TransformerBlock",
+]

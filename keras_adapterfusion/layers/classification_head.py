@@ -4,6 +4,8 @@ import keras
 
 from keras_adapterfusion.layers.activations import get_activation
 
+HEAD_TYPES = ("classification", "multilabel_classification", "regression")
+
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
 class ClassificationHead(keras.layers.Layer):
@@ -22,6 +24,9 @@ class ClassificationHead(keras.layers.Layer):
         use_pooler: read the pooler output instead of the first token.
         use_bias: give the output layer a bias (hidden layers always have one),
             as AdapterHub's `bias`.
+        head_type: `"classification"` (softmax cross-entropy; mean squared
+            error when `num_labels == 1`, as AdapterHub), `"multilabel_classification"`
+            (sigmoid cross-entropy) or `"regression"` (one output, MSE).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -48,9 +53,14 @@ class ClassificationHead(keras.layers.Layer):
         dropout=0.1,
         use_pooler=False,
         use_bias=True,
+        head_type="classification",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"ClassificationHead.head_type: got {head_type!r}; expected one of {list(HEAD_TYPES)}.")
+        if head_type == "regression" and num_labels != 1:
+            raise ValueError(f"ClassificationHead.num_labels: got {num_labels} for a regression head; expected 1.")
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
             raise ValueError(f"ClassificationHead.num_labels: got {num_labels!r}; expected an int >= 1.")
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
@@ -63,6 +73,7 @@ class ClassificationHead(keras.layers.Layer):
         self.dropout = dropout
         self.use_pooler = use_pooler
         self.use_bias = use_bias
+        self.head_type = head_type
 
     def build(self, hidden_states_shape, pooled_output_shape=None):
         hidden = hidden_states_shape[-1]
@@ -81,6 +92,15 @@ class ClassificationHead(keras.layers.Layer):
             self.dense_layers.append(dense)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self._act = get_activation(self.activation) if self.activation else None
+
+    @property
+    def problem_type(self):
+        """`"single_label"`, `"multi_label"` or `"regression"`: what loss fits this head."""
+        if self.head_type == "multilabel_classification":
+            return "multi_label"
+        if self.head_type == "regression" or self.num_labels == 1:
+            return "regression"
+        return "single_label"
 
     def call(self, hidden_states, pooled_output=None, training=None):
         if self.use_pooler:
@@ -107,5 +127,6 @@ class ClassificationHead(keras.layers.Layer):
             dropout=self.dropout,
             use_pooler=self.use_pooler,
             use_bias=self.use_bias,
+            head_type=self.head_type,
         )
         return config

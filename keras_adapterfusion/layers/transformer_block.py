@@ -300,6 +300,19 @@ class TransformerBlock(keras.layers.Layer):
     def _slot_fusions(self, slot):
         return self.mh_fusions if slot == "mh" else self.output_fusions
 
+    def base_layers(self):
+        """The block's own pretrained layers (attention, feed-forward, LayerNorms)."""
+        return [
+            self.query_dense,
+            self.key_dense,
+            self.value_dense,
+            self.attention_output_dense,
+            self.attention_norm,
+            self.intermediate_dense,
+            self.output_dense,
+            self.output_norm,
+        ]
+
     def adapter_layers(self, name):
         """The `BottleneckAdapter` layers of adapter `name` in this block, by slot."""
         return {s: self._slot_adapters(s)[name] for s in SLOTS if name in self._slot_adapters(s)}

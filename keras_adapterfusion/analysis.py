@@ -1,0 +1,128 @@
+"""Fusion attentions over a dataset, and the paper's heatmap (blocks × adapters).
+
+Example:
+
+```python
+from keras_adapterfusion import analysis
+
+mean = analysis.collect_fusion_attentions(fusion_model, validation_data)   # [blocks, adapters]
+analysis.plot_fusion_heatmap(mean, fusion_model.adapter_setup, "fusion_heatmap.png")
+fusion_model.fit(train, callbacks=[analysis.FusionAttentionCallback(validation_data, "attn/")])
+```
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+
+def _fused_names(model):
+    setup = getattr(model, "adapter_setup", None)
+    if not isinstance(setup, list):
+        raise ValueError(
+            f"fusion attentions: model {getattr(model, 'name', model)!r} has adapter_setup {setup!r}; "
+            "expected a fusion (a list of adapter names)."
+        )
+    return setup
+
+
+def collect_fusion_attentions(model, dataset, steps=None, slot="output", verbose=1):
+    """Mean fusion attention per block and adapter over the real tokens of `dataset`.
+
+    Args:
+        model: an `AdapterModel` whose `adapter_setup` is a fusion.
+        dataset: iterable of `x` or `(x, y[, w])` batches, `x` a dict with
+            `input_ids` and `attention_mask` (a `tf.data.Dataset` works).
+        steps: stop after this many batches.
+        slot: `"output"` or `"mh"` (the slot after attention).
+        verbose: show a progress bar.
+
+    Returns:
+        A numpy array `[blocks, adapters]`; each row sums to 1.
+    """
+    names = _fused_names(model)
+    key = "fusion_attentions" if slot == "output" else "mh_fusion_attentions"
+    total, count = None, 0.0
+    progbar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
+    for i, batch in enumerate(dataset):
+        if steps is not None and i >= steps:
+            break
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = {k: v for k, v in x.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = model.encoder(x, adapter_setup=names, training=False)
+        if key not in out:
+            raise ValueError(f"fusion attentions: the fused adapters have no {slot!r} slot.")
+        probs = np.asarray(keras.ops.convert_to_numpy(out[key]), dtype=np.float64)  # [L, B, T, N]
+        mask = x.get("attention_mask")
+        mask = np.ones(probs.shape[1:3]) if mask is None else np.asarray(mask, dtype=np.float64)
+        summed = np.einsum("lbtn,bt->ln", probs, mask)
+        total = summed if total is None else total + summed
+        count += float(mask.sum())
+        if progbar is not None:
+            progbar.update(i + 1)
+    if total is None or count == 0:
+        raise ValueError("fusion attentions: the dataset gave no tokens.")
+    return total / count
+
+
+def plot_fusion_heatmap(mean_attention, adapter_names, path, title="AdapterFusion attention"):
+    """Write the paper's heatmap of mean attention (rows: blocks, columns: adapters) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.asarray(mean_attention)
+    if data.ndim != 2 or data.shape[1] != len(adapter_names):
+        raise ValueError(
+            f"plot_fusion_heatmap: got attention of shape {data.shape} for {len(adapter_names)} adapters; "
+            "expected [blocks, adapters]."
+        )
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * data.shape[1], 0.9 + 0.45 * data.shape[0]))
+    image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=max(1e-6, float(data.max())), aspect="auto")
+    ax.set_xticks(range(data.shape[1]), labels=list(adapter_names), rotation=30, ha="right")
+    ax.set_yticks(range(data.shape[0]), labels=[f"block {i}" for i in range(data.shape[0])])
+    for (r, c), v in np.ndenumerate(data):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="white" if v < data.max() * 0.6 else "black",
+                fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+class FusionAttentionCallback(keras.callbacks.Callback):
+    """After every `every` epochs, writes `epoch_{n}.png` and `epoch_{n}.json` with the mean
+    fusion attention of the model being trained over `dataset`.
+
+    Args:
+        dataset: validation batches (see `collect_fusion_attentions`).
+        directory: where the files go.
+        every: epochs between two snapshots.
+        steps: batches per snapshot.
+    """
+
+    def __init__(self, dataset, directory, every=1, steps=None):
+        super().__init__()
+        self.dataset = dataset
+        self.directory = directory
+        self.every = every
+        self.steps = steps
+        self.history = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        names = _fused_names(self.model)
+        mean = collect_fusion_attentions(self.model, self.dataset, self.steps, verbose=0)
+        os.makedirs(self.directory, exist_ok=True)
+        stem = os.path.join(self.directory, f"epoch_{epoch + 1}")
+        plot_fusion_heatmap(mean, names, stem + ".png", title=f"AdapterFusion attention, epoch {epoch + 1}")
+        with open(stem + ".json", "w") as f:
+            json.dump({"adapters": names, "mean_attention": mean.tolist()}, f, indent=1)
+        self.history.append(mean)
