@@ -134,7 +134,7 @@ class AdapterModel(_SharedEncoderModel):
             raise ValueError("AdapterModel.output_key: got 'logits' but the model has no head.")
         self.output_key = output_key
         self.trainable_spec = trainable_spec
-        self._build_parts()
+        self.build()
         self.apply_trainable_spec()
 
     def head_layers(self):
@@ -225,7 +225,7 @@ class MultiTaskModel(_SharedEncoderModel):
         self.heads = dict(heads)
         self.max_labels = max(h.num_labels for h in heads.values())
         self.trainable_spec = trainable_spec
-        self._build_parts()
+        self.build()
         self.apply_trainable_spec()
 
     def head_layers(self):
