@@ -21,7 +21,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "jax[cpu]"],
+        "serving": ["tensorflow-serving-api"],
+        "dev": ["pytest", "jax[cpu]", "tensorflow-serving-api"],
     },
+    entry_points={"console_scripts": ["keras-adapterfusion=keras_adapterfusion.cli:main"]},
     license="Apache-2.0",
 )

@@ -1,0 +1,302 @@
+"""SavedModel export for TF Serving.
+
+`export_saved_model` writes one SavedModel under TF Serving's versioned layout,
+`<export_dir>/<model_name>/<version>/`, with:
+
+- a `serving_default` signature (the first task) and, for several tasks on one
+  encoder, one signature per task plus `all_tasks`, which runs every task head
+  over the shared encoder in one call;
+- inputs `input_ids`, `attention_mask`, `token_type_ids` (int32 or int64,
+  `[batch, tokens]` with both dimensions dynamic; `[batch, choices, tokens]` for
+  multiple-choice heads);
+- outputs `logits`, `probabilities` and `label_ids` (and `fusion_attentions` when
+  asked, batch first: `[batch, blocks, tokens, adapters]`, since TF Serving's row
+  format needs every output to start with the batch); in `all_tasks` they are
+  prefixed with the task name (`sentiment_logits`);
+- the tokenizer files and `label_map.json` in the SavedModel's `assets/`;
+- a `models.config` for `tensorflow_model_server --model_config_file` next to the
+  model directories.
+
+The export needs the TensorFlow backend. It writes into a temporary directory
+and moves it into place at the end, so a failed export leaves no half-written
+version directory.
+
+Example:
+
+```python
+from keras_adapterfusion.export import export_saved_model
+
+path = export_saved_model(fusion_model, "export", model_name="sentiment",
+                          tokenizer="path/to/checkpoint", label_names=["negative", "positive"])
+# several tasks, one encoder:
+export_saved_model({"sentiment": m1, "topic": m2}, "export", model_name="tasks")
+```
+"""
+
+import json
+import os
+import shutil
+
+import keras
+
+from keras_adapterfusion.fileio import atomic_directory, write_json
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+INPUT_DTYPES = ("int32", "int64")
+ALL_TASKS = "all_tasks"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "added_tokens.json",
+    "config.json",
+)
+
+
+class ExportError(ValueError):
+    """The model or the export directory does not allow an export; the message says why."""
+
+
+def _check_model(task, model):
+    from keras_adapterfusion.models import AdapterModel
+
+    if not getattr(model, "built", False):
+        raise ExportError(f"export: model {getattr(model, 'name', model)!r} of task {task!r} is not built; "
+                          "call it on a batch first.")
+    if not isinstance(model, AdapterModel):
+        raise ExportError(f"export: task {task!r} is a {type(model).__name__}; expected an AdapterModel "
+                          "(e.g. from keras_adapterfusion.builders).")
+    if not model.built or not model.encoder.built or (model.head is not None and not model.head.built):
+        raise ExportError(f"export: model {model.name!r} of task {task!r} is not built; call it on a batch first.")
+    if model.head is None:
+        raise ExportError(f"export: model {model.name!r} of task {task!r} has no head; there are no logits to serve.")
+
+
+def _problem(model):
+    return getattr(model.head, "problem_type", "single_label")
+
+
+def _next_version(model_dir):
+    versions = [int(d) for d in os.listdir(model_dir) if d.isdigit()] if os.path.isdir(model_dir) else []
+    return max(versions, default=0) + 1
+
+
+def _label_map(tasks, label_names):
+    out = {}
+    for task, model in tasks.items():
+        names = label_names.get(task) if isinstance(label_names, dict) else label_names
+        n = getattr(model.head, "num_choices", None) or getattr(model.head, "num_labels", 1)
+        if names is None:
+            names = [str(i) for i in range(n)]
+        names = list(names)
+        if _problem(model) not in ("regression",) and len(names) != n:
+            raise ExportError(f"export: task {task!r} has {n} outputs but {len(names)} label names: {names}.")
+        out[task] = {"labels": names, "problem_type": _problem(model)}
+    return out
+
+
+def _tokenizer_files(tokenizer):
+    """Paths of the tokenizer files to ship: from a checkpoint directory or a tokenizer object."""
+    if tokenizer is None:
+        return {}
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from keras_adapterfusion.backbones.huggingface import resolve_checkpoint
+
+        directory = resolve_checkpoint(tokenizer)
+        return {f: os.path.join(directory, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))}
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="kaf-tokenizer-")
+    tokenizer.save_pretrained(tmp)
+    return {f: os.path.join(tmp, f) for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f))}
+
+
+def _outputs(tf, model, logits, prefix=""):
+    problem = _problem(model)
+    logits = tf.cast(logits, tf.float32)
+    if problem == "multi_label":
+        probs = tf.sigmoid(logits)
+        ids = tf.cast(logits > 0, tf.int64)
+    elif problem == "regression":
+        probs = logits
+        ids = tf.zeros(tf.shape(logits)[:1], tf.int64)
+    else:
+        probs = tf.nn.softmax(logits, axis=-1)
+        ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
+    return {prefix + "logits": logits, prefix + "probabilities": probs, prefix + "label_ids": ids}
+
+
+def _run(tf, model, inputs, attentions):
+    from keras_adapterfusion.models import _flatten_choices
+
+    x = {k: tf.cast(v, tf.int32) for k, v in inputs.items()}
+    if getattr(model.head, "flattens_choices", False):
+        x = _flatten_choices(x)
+    out = model.encoder(x, adapter_setup=model.adapter_setup, training=False)
+    logits = model.head(out["last_hidden_state"], out.get("pooler_output"), training=False)
+    extra = {}
+    if attentions and "fusion_attentions" in out:
+        # Batch first: TF Serving's row format needs every output to start with the batch.
+        extra["fusion_attentions"] = tf.transpose(tf.cast(out["fusion_attentions"], tf.float32), [1, 0, 2, 3])
+    return out, logits, extra
+
+
+def _signature(tf, tasks, input_dtype, choices):
+    rank = 3 if choices else 2
+    return [tf.TensorSpec([None] * rank, input_dtype, name=n) for n in INPUT_NAMES]
+
+
+def export_saved_model(model, export_dir, model_name="model", version=None, tokenizer=None, label_names=None,
+                       input_dtype="int64", include_fusion_attentions=False, write_models_config=True,
+                       verbose=False):
+    """Export one model, or several task models on one encoder, as a TF Serving SavedModel.
+
+    Args:
+        model: an `AdapterModel` with a head, or a dict task name -> `AdapterModel`
+            (all on the same encoder).
+        export_dir: the TF Serving model base directory.
+        model_name: the model's name for TF Serving (`<export_dir>/<model_name>/`).
+        version: integer version; by default one more than the highest present.
+        tokenizer: a checkpoint directory / cached hub id, or a `transformers`
+            tokenizer, whose files go into `assets/`.
+        label_names: label names (a list, or a dict task -> list) for `label_map.json`.
+        input_dtype: `"int64"` or `"int32"`, the dtype of the three inputs.
+        include_fusion_attentions: also output `fusion_attentions` for fusion models.
+        write_models_config: (re)write `<export_dir>/models.config` listing every
+            model directory in `export_dir`.
+        verbose: print the variables Keras tracks.
+
+    Returns:
+        The path of the version directory.
+    """
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(f"export: needs the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()!r}.")
+    tasks = dict(model) if isinstance(model, dict) else {"default": model}
+    if not tasks:
+        raise ExportError("export: no models given.")
+    for task, m in tasks.items():
+        if not isinstance(task, str) or not task.replace("_", "").isalnum():
+            raise ExportError(f"export: task name {task!r} must be letters, digits and underscores.")
+        _check_model(task, m)
+    encoders = {id(m.encoder) for m in tasks.values()}
+    if len(encoders) > 1:
+        raise ExportError("export: the task models use different encoders; expected one shared encoder.")
+    if input_dtype not in INPUT_DTYPES:
+        raise ExportError(f"export: input_dtype {input_dtype!r}; expected one of {list(INPUT_DTYPES)}.")
+    if not isinstance(model_name, str) or not model_name or os.sep in model_name:
+        raise ExportError(f"export: model_name {model_name!r}; expected a plain directory name.")
+    model_dir = os.path.join(os.fspath(export_dir), model_name)
+    version = _next_version(model_dir) if version is None else version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"export: version {version!r}; expected an int >= 1.")
+    version_dir = os.path.join(model_dir, str(version))
+    if os.path.exists(version_dir) and (not os.path.isdir(version_dir) or os.listdir(version_dir)):
+        raise ExportError(f"export: {version_dir} exists and is not empty; pick another version.")
+    label_map = _label_map(tasks, label_names)
+    asset_files = _tokenizer_files(tokenizer)
+
+    archive = keras.export.ExportArchive()
+    for m in tasks.values():
+        archive.track(m)
+    dtype = getattr(tf, input_dtype)
+
+    def task_fn(m):
+        def serve(input_ids, attention_mask, token_type_ids):
+            inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            _, logits, extra = _run(tf, m, inputs, include_fusion_attentions)
+            return {**_outputs(tf, m, logits), **extra}
+
+        return serve
+
+    names = list(tasks)
+    choices = {t: bool(getattr(m.head, "flattens_choices", False)) for t, m in tasks.items()}
+    # serving_default first, as TF Serving needs it.
+    first = names[0]
+    archive.add_endpoint("serving_default", task_fn(tasks[first]), _signature(tf, tasks, dtype, choices[first]))
+    if len(tasks) > 1:
+        for t in names:
+            archive.add_endpoint(t, task_fn(tasks[t]), _signature(tf, tasks, dtype, choices[t]))
+        if len(set(choices.values())) == 1:
+            def serve_all(input_ids, attention_mask, token_type_ids):
+                inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                results, shared = {}, {}
+                for t in names:
+                    m = tasks[t]
+                    key = json.dumps(m.adapter_setup)
+                    if key not in shared:  # one encoder pass per distinct adapter setup
+                        shared[key] = _run(tf, m, inputs, include_fusion_attentions)[0]
+                    out = shared[key]
+                    logits = m.head(out["last_hidden_state"], out.get("pooler_output"), training=False)
+                    results.update(_outputs(tf, m, logits, prefix=f"{t}_"))
+                return results
+
+            archive.add_endpoint(ALL_TASKS, serve_all, _signature(tf, tasks, dtype, choices[first]))
+
+    os.makedirs(model_dir, exist_ok=True)
+    with atomic_directory(version_dir, overwrite=True) as tmp:
+        archive.write_out(tmp, verbose=verbose)
+        assets = os.path.join(tmp, "assets")
+        os.makedirs(assets, exist_ok=True)
+        for name, path in asset_files.items():
+            shutil.copyfile(path, os.path.join(assets, name))
+        write_json(os.path.join(assets, "label_map.json"), {
+            "tasks": label_map,
+            "signatures": _signature_map(names),
+            "input_dtype": input_dtype,
+        })
+    if write_models_config:
+        write_models_config_file(export_dir)
+    return version_dir
+
+
+def _signature_map(names):
+    """Signature name -> the task(s) it serves."""
+    out = {"serving_default": names[0]}
+    if len(names) > 1:
+        out.update({t: t for t in names})
+        out[ALL_TASKS] = list(names)
+    return out
+
+
+def model_directories(export_dir):
+    """Model directories under `export_dir`: those holding a numbered version with a SavedModel."""
+    out = []
+    for name in sorted(os.listdir(export_dir)):
+        path = os.path.join(export_dir, name)
+        if os.path.isdir(path) and any(
+            d.isdigit() and os.path.isfile(os.path.join(path, d, "saved_model.pb")) for d in os.listdir(path)
+        ):
+            out.append(name)
+    return out
+
+
+def models_config_text(export_dir, base_path=None):
+    """TF Serving `--model_config_file` text for the models in `export_dir`.
+
+    `base_path` replaces the absolute `export_dir` in the paths (for example
+    `"/models"` inside the TF Serving docker image).
+    """
+    root = base_path or os.path.abspath(os.fspath(export_dir))
+    entries = "".join(
+        f'  config {{\n    name: "{name}"\n    base_path: "{root.rstrip("/")}/{name}"\n'
+        f'    model_platform: "tensorflow"\n  }}\n'
+        for name in model_directories(export_dir)
+    )
+    return "model_config_list {\n" + entries + "}\n"
+
+
+def write_models_config_file(export_dir):
+    """Write `models.config` (local paths) and `models.docker.config` (paths under /models)."""
+    for filename, base in (("models.config", None), ("models.docker.config", "/models")):
+        path = os.path.join(os.fspath(export_dir), filename)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(models_config_text(export_dir, base))
+        os.replace(tmp, path)

@@ -1,0 +1,246 @@
+"""SavedModel export for TF Serving: signatures, parity in a TensorFlow-only process, client, CLI, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import TINY_BERT, max_abs
+
+pytestmark = pytest.mark.tensorflow_only
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
+sys.path.insert(0, SCRIPTS)
+WORDS = ("good great fine bad awful poor movie film plot actor story music very not the a an was is it "
+         "and but this that with of to in").split()
+TEXTS = ["the movie was very good", "an awful plot", "great music but a poor story", "it is fine"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A WordPiece tokenizer whose ids fit tiny-bert's 1000-row vocabulary."""
+    from transformers import BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    vocab += [f"w{i}" for i in range(1000 - len(vocab))]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def models():
+    from keras_adapterfusion import builders, load_encoder
+
+    keras.utils.set_random_seed(3)
+    encoder = load_encoder(TINY_BERT)
+    builders.build_adapter_model(encoder, "a", num_labels=2)
+    builders.build_adapter_model(encoder, "b", num_labels=2)
+    fusion = builders.build_fusion_model(encoder, ["a", "b"], num_labels=3)
+    single = builders.build_adapter_model(encoder, "a", num_labels=2)
+    multi = builders.build_adapter_model(encoder, "b", head=__import__("keras_adapterfusion").heads.make_head(
+        "multilabel", 4), name="tags")
+    rng = np.random.default_rng(0)
+    for v in encoder.adapter_weights("a") + encoder.adapter_weights("b") + encoder.fusion_weights(["a", "b"]):
+        v.assign(ops.convert_to_numpy(v) + rng.normal(0, 0.3, v.shape).astype("float32"))
+    for m in (fusion, single, multi):
+        for v in m.head.weights:
+            v.assign(rng.normal(0, 1.0, v.shape).astype("float32"))
+    return {"fuse": fusion, "single": single, "tags": multi}
+
+
+@pytest.fixture(scope="module")
+def exported(models, tokenizer_dir, tmp_path_factory):
+    from keras_adapterfusion.export import export_saved_model
+
+    export_dir = tmp_path_factory.mktemp("export")
+    labels = {"fuse": ["neg", "neu", "pos"], "single": ["no", "yes"], "tags": ["w", "x", "y", "z"]}
+    path = export_saved_model(models, str(export_dir), model_name="tasks", tokenizer=tokenizer_dir,
+                              label_names=labels, include_fusion_attentions=True)
+    return str(export_dir), path
+
+
+def keras_inputs(tokenizer_dir, texts=TEXTS):
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(tokenizer_dir)(texts, padding=True, return_tensors="np")
+    return {k: t[k].astype("int64") for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def test_layout_assets_and_models_config(exported):
+    export_dir, path = exported
+    assert path == os.path.join(export_dir, "tasks", "1")
+    assert sorted(os.listdir(path)) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    assets = sorted(os.listdir(os.path.join(path, "assets")))
+    assert "label_map.json" in assets and "vocab.txt" in assets and "tokenizer.json" in assets
+    label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
+    assert label_map["tasks"]["fuse"] == {"labels": ["neg", "neu", "pos"], "problem_type": "single_label"}
+    assert label_map["signatures"]["serving_default"] == "fuse"
+    assert label_map["signatures"]["all_tasks"] == ["fuse", "single", "tags"]
+    config = open(os.path.join(export_dir, "models.config")).read()
+    assert f'base_path: "{os.path.abspath(export_dir)}/tasks"' in config and 'name: "tasks"' in config
+    assert 'base_path: "/models/tasks"' in open(os.path.join(export_dir, "models.docker.config")).read()
+
+
+def test_saved_model_cli_lists_signatures(exported):
+    _, path = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run([cli, "show", "--all", "--dir", path], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    for sig in ("serving_default", "fuse", "single", "tags", "all_tasks"):
+        assert f"signature_def['{sig}']" in text
+    block = text.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        assert f"inputs['{name}'] tensor_info:\n        dtype: DT_INT64\n        shape: (-1, -1)" in block
+    assert "outputs['logits'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1, 3)" in block
+    assert "outputs['label_ids'] tensor_info:\n        dtype: DT_INT64\n        shape: (-1)" in block
+    assert "outputs['fusion_attentions'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1, 2, -1, 2)" in block
+    assert "Method name is: tensorflow/serving/predict" in block
+
+
+def test_tensorflow_only_process_matches_keras(exported, models, tokenizer_dir, tmp_path):
+    _, path = exported
+    x = keras_inputs(tokenizer_dir)
+    np.savez(tmp_path / "in.npz", **x)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, os.path.join(SCRIPTS, "serve_saved_model.py"), path,
+                           str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["keras_adapterfusion_imported"] is False
+    assert info["signatures"] == ["all_tasks", "fuse", "serving_default", "single", "tags"]
+    served = np.load(tmp_path / "out.npz")
+    worst = 0.0
+    for task, model in models.items():
+        logits = ops.convert_to_numpy(model({k: v.astype("int32") for k, v in x.items()}))
+        for sig, prefix in ((task, ""), ("all_tasks", f"{task}_")):
+            worst = max(worst, max_abs(served[f"{sig}/{prefix}logits"], logits))
+        if model.head.problem_type == "single_label":
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            assert max_abs(served[f"{task}/probabilities"], probs) < 1e-5
+            np.testing.assert_array_equal(served[f"{task}/label_ids"], logits.argmax(-1))
+        else:
+            np.testing.assert_array_equal(served[f"{task}/label_ids"], (logits > 0).astype(int))
+    assert worst < 1e-5, worst
+    np.testing.assert_allclose(served["serving_default/logits"], served["fuse/logits"], atol=0)
+    attn = models["fuse"].encoder({k: v.astype("int32") for k, v in x.items()}, adapter_setup=["a", "b"])
+    batch_first = np.transpose(ops.convert_to_numpy(attn["fusion_attentions"]), (1, 0, 2, 3))
+    assert max_abs(served["fuse/fusion_attentions"], batch_first) < 1e-5
+
+
+def test_rest_and_grpc_requests_give_keras_labels(exported, models, tokenizer_dir):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from keras_adapterfusion.serving import ServingClient
+
+    _, path = exported
+    client = ServingClient.from_export(path)
+    loaded = tf.saved_model.load(path)
+    x = keras_inputs(tokenizer_dir)
+    expected = {
+        "fuse": [["neg", "neu", "pos"][i] for i in ops.convert_to_numpy(models["fuse"](x)).argmax(-1)],
+        "single": [["no", "yes"][i] for i in ops.convert_to_numpy(models["single"](x)).argmax(-1)],
+    }
+    for signature, task in (("serving_default", "fuse"), ("single", "single")):
+        body = client.rest_request(TEXTS, signature)
+        assert body["signature_name"] == signature and len(body["instances"]) == len(TEXTS)
+        assert set(body["instances"][0]) == {"input_ids", "attention_mask", "token_type_ids"}
+        inputs = {k: tf.constant([inst[k] for inst in body["instances"]], tf.int64) for k in body["instances"][0]}
+        outputs = {k: v.numpy() for k, v in loaded.signatures[signature](**inputs).items()}
+        rest_response = {"predictions": [{k: v[i].tolist() for k, v in outputs.items()} for i in range(len(TEXTS))]}
+        assert client.labels_from_rest(rest_response, signature) == expected[task]
+
+        request = client.grpc_request(TEXTS, model_name="tasks", signature_name=signature, version=1)
+        assert isinstance(request, predict_pb2.PredictRequest) and request.model_spec.version.value == 1
+        grpc_inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        response = predict_pb2.PredictResponse()
+        for k, v in loaded.signatures[signature](**grpc_inputs).items():
+            response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
+        assert client.labels_from_grpc(response, signature) == expected[task]
+
+    outputs = {k: v.numpy() for k, v in loaded.signatures["all_tasks"](**x).items()}
+    by_task = client.labels_by_task(outputs)
+    assert by_task["fuse"] == expected["fuse"] and by_task["single"] == expected["single"]
+    assert all(isinstance(row, list) for row in by_task["tags"])
+
+
+def test_predict_cli_against_rest_server(exported, models, tokenizer_dir, capsys):
+    from fake_tf_serving import serve
+
+    from keras_adapterfusion.cli import main
+
+    _, path = exported
+    server, url = serve(path, "tasks")
+    try:
+        code = main(["predict", "--server", url, "--export", path, "--model-name", "tasks",
+                     "--text", TEXTS[0], "--text", TEXTS[1]])
+        out = capsys.readouterr().out.strip().splitlines()
+        assert code == 0
+        x = keras_inputs(tokenizer_dir, TEXTS[:2])
+        labels = [["neg", "neu", "pos"][i] for i in ops.convert_to_numpy(models["fuse"](x)).argmax(-1)]
+        assert out == [f"{labels[0]}\t{TEXTS[0]}", f"{labels[1]}\t{TEXTS[1]}"]
+
+        code = main(["predict", "--server", url, "--export", path, "--model-name", "nope", "--text", "x"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "HTTP 404" in err[0]
+    finally:
+        server.shutdown()
+    code = main(["predict", "--server", "http://127.0.0.1:9", "--export", path, "--text", "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot reach" in err[0]
+
+
+def test_export_cli_from_keras_file(models, tokenizer_dir, tmp_path, capsys):
+    from keras_adapterfusion.cli import main
+
+    models["fuse"].save(str(tmp_path / "fuse.keras"))
+    code = main(["export", "--model", str(tmp_path / "fuse.keras"), "--export-dir", str(tmp_path / "serve"),
+                 "--model-name", "fuse", "--tokenizer", tokenizer_dir, "--labels", "neg,neu,pos"])
+    assert code == 0, capsys.readouterr().err
+    assert os.path.isfile(tmp_path / "serve" / "fuse" / "1" / "saved_model.pb")
+    code = main(["export", "--model", str(tmp_path / "fuse.keras"), "--export-dir", str(tmp_path / "serve"),
+                 "--model-name", "fuse", "--version", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not empty" in err[0]
+    code = main(["export", "--model", str(tmp_path / "missing.keras"), "--export-dir", str(tmp_path / "serve")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "missing.keras" in err[0]
+
+
+def test_export_errors_and_atomicity(models, tmp_path, monkeypatch):
+    from keras_adapterfusion import AdapterModel
+    from keras_adapterfusion.export import ExportError, export_saved_model
+
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(ExportError, match="not built"):
+        export_saved_model(unbuilt, str(tmp_path))
+    headless = AdapterModel(models["fuse"].encoder, None, adapter_setup=["a", "b"])
+    with pytest.raises(ExportError, match="has no head"):
+        export_saved_model(headless, str(tmp_path))
+    (tmp_path / "m" / "3").mkdir(parents=True)
+    (tmp_path / "m" / "3" / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="not empty"):
+        export_saved_model(models["fuse"], str(tmp_path), model_name="m", version=3)
+    with pytest.raises(ExportError, match="label names"):
+        export_saved_model(models["fuse"], str(tmp_path), model_name="m", label_names=["a", "b"])
+
+    import shutil
+
+    def broken_copy(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfile", broken_copy)
+    with pytest.raises(OSError, match="disk full"):
+        export_saved_model(models["fuse"], str(tmp_path), model_name="m", version=4, tokenizer=TINY_BERT)
+    assert sorted(os.listdir(tmp_path / "m")) == ["3"]
+    assert (tmp_path / "m" / "3" / "keep.txt").read_text() == "x"
