@@ -19,6 +19,9 @@ setup(
         "keras-tuner",
         "numpy",
         "matplotlib",
+        # tensorflow-datasets needs it on every Python but declares it only for < 3.9
+        # (tensorflow/datasets#11212).
+        "importlib_resources",
     ],
     extras_require={
         "serving": ["tensorflow-serving-api"],

@@ -1,0 +1,227 @@
+"""Tokenization into `tf.data`: truncation, padding to the batch's longest or to length
+buckets, a cache of tokenized data, prefetching; and the task metrics.
+
+Example:
+
+```python
+from keras_adapterfusion.tasks import get_task, pipeline
+
+task = get_task("vader_tweets")
+texts, labels = task.load("train", limit=300)
+encoded = pipeline.tokenize(tokenizer, task, texts, max_length=64, cache_dir="~/.cache/kaf")
+train = pipeline.make_dataset(encoded, labels, batch_size=16, shuffle=True, seed=0, padding="buckets")
+model.fit(train, epochs=3)
+```
+"""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+PADDINGS = ("longest", "buckets")
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _fingerprint(tokenizer, task_name, inputs, max_length):
+    h = hashlib.sha256()
+    h.update(json.dumps([type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""),
+                         len(tokenizer), task_name, max_length]).encode())
+    h.update(json.dumps(inputs, ensure_ascii=False).encode())
+    return h.hexdigest()[:24]
+
+
+def tokenize(tokenizer, task, inputs, max_length=128, cache_dir=None):
+    """Tokenize a task's inputs (as `Task.load` gives them) without padding.
+
+    Returns a dict with `input_ids`, `attention_mask`, `token_type_ids`: lists of
+    int32 arrays (one per example; `[choices, tokens]` arrays for multiple choice,
+    padded over the choices of one example). With `cache_dir`, the result is
+    stored there, keyed by the tokenizer, the task, the texts and `max_length`,
+    and read back next time.
+    """
+    from keras_adapterfusion.tasks.registry import get_task
+
+    task = get_task(task)
+    path = None
+    if cache_dir is not None:
+        cache_dir = os.path.expanduser(os.fspath(cache_dir))
+        os.makedirs(cache_dir, exist_ok=True)
+        path = os.path.join(cache_dir, f"{task.name}-{_fingerprint(tokenizer, task.name, inputs, max_length)}.npz")
+        if os.path.isfile(path):
+            with np.load(path, allow_pickle=False) as data:
+                return _unflatten(data)
+    if task.layout == "single":
+        enc = tokenizer(list(inputs), truncation=True, max_length=max_length)
+        out = {k: [np.asarray(v, np.int32) for v in enc.get(k, enc["input_ids"])] for k in INPUT_KEYS}
+        if "token_type_ids" not in enc:
+            out["token_type_ids"] = [np.zeros_like(v) for v in out["input_ids"]]
+    elif task.layout == "pair":
+        enc = tokenizer([a for a, _ in inputs], [b for _, b in inputs], truncation=True, max_length=max_length)
+        out = {k: [np.asarray(v, np.int32) for v in enc[k]] for k in ("input_ids", "attention_mask")}
+        out["token_type_ids"] = [np.asarray(v, np.int32) for v in enc["token_type_ids"]] if "token_type_ids" in enc \
+            else [np.zeros_like(v) for v in out["input_ids"]]
+    else:
+        out = {k: [] for k in INPUT_KEYS}
+        for context, choices in inputs:
+            enc = tokenizer([context] * len(choices), list(choices), truncation=True, max_length=max_length,
+                            padding=True, return_tensors="np")
+            out["input_ids"].append(enc["input_ids"].astype(np.int32))
+            out["attention_mask"].append(enc["attention_mask"].astype(np.int32))
+            types = enc.get("token_type_ids")
+            out["token_type_ids"].append(np.zeros_like(enc["input_ids"], np.int32) if types is None
+                                         else types.astype(np.int32))
+    if path is not None:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **_flatten(out))
+        os.replace(tmp, path)
+    return out
+
+
+def _flatten(encoded):
+    """Ragged lists -> flat arrays + lengths (for the npz cache)."""
+    out = {}
+    for key, values in encoded.items():
+        out[key] = np.concatenate([v.reshape(-1) for v in values]) if values else np.zeros(0, np.int32)
+        out[key + "__shapes"] = np.asarray([v.shape if v.ndim == 2 else (1, v.shape[0]) for v in values], np.int64)
+        out[key + "__ndim"] = np.asarray([values[0].ndim if values else 1])
+    return out
+
+
+def _unflatten(data):
+    out = {}
+    for key in INPUT_KEYS:
+        flat, shapes, ndim = data[key], data[key + "__shapes"], int(data[key + "__ndim"][0])
+        values, start = [], 0
+        for rows, cols in shapes:
+            size = int(rows * cols)
+            chunk = flat[start:start + size]
+            values.append(chunk.reshape(rows, cols) if ndim == 2 else chunk)
+            start += size
+        out[key] = values
+    return out
+
+
+def lengths(encoded):
+    return np.asarray([v.shape[-1] for v in encoded["input_ids"]])
+
+
+def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding="longest",
+                 bucket_boundaries=None, cache=True, prefetch=True, drop_remainder=False):
+    """A `tf.data.Dataset` of `(x, y)` batches from `tokenize`'s output.
+
+    Args:
+        encoded: the dict `tokenize` returns.
+        labels: int labels, one per example.
+        batch_size: examples per batch.
+        shuffle: shuffle the examples (every epoch, seeded by `seed`).
+        seed: shuffle seed.
+        padding: `"longest"` pads each batch to its longest example;
+            `"buckets"` groups examples of similar length first (less padding).
+        bucket_boundaries: length boundaries for `"buckets"`; by default the
+            quartiles of the lengths.
+        cache: cache the (unbatched) examples in memory after the first epoch.
+        prefetch: prefetch batches (`tf.data.AUTOTUNE`).
+        drop_remainder: drop a last smaller batch.
+    """
+    import tensorflow as tf
+
+    if padding not in PADDINGS:
+        raise ValueError(f"make_dataset: padding {padding!r}; expected one of {list(PADDINGS)}.")
+    labels = np.asarray(labels)
+    n = len(encoded["input_ids"])
+    if len(labels) != n:
+        raise ValueError(f"make_dataset: {n} examples but {len(labels)} labels.")
+    if n == 0:
+        raise ValueError("make_dataset: no examples.")
+    choice_dims = encoded["input_ids"][0].ndim == 2
+    inner = [None, None] if choice_dims else [None]
+
+    def generator():
+        for i in range(n):
+            yield {k: encoded[k][i] for k in INPUT_KEYS}, labels[i]
+
+    spec = ({k: tf.TensorSpec(inner, tf.int32) for k in INPUT_KEYS},
+            tf.TensorSpec([], tf.as_dtype(labels.dtype)))
+    ds = tf.data.Dataset.from_generator(generator, output_signature=spec)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    pad_values = ({k: tf.constant(0, tf.int32) for k in INPUT_KEYS}, tf.constant(0, tf.as_dtype(labels.dtype)))
+    if padding == "longest" or choice_dims:
+        ds = ds.padded_batch(batch_size, padding_values=pad_values, drop_remainder=drop_remainder)
+    else:
+        lens = lengths(encoded)
+        if bucket_boundaries is None:
+            bucket_boundaries = sorted({int(q) + 1 for q in np.quantile(lens, [0.25, 0.5, 0.75])})
+        ds = ds.bucket_by_sequence_length(
+            lambda x, y: tf.shape(x["input_ids"])[0],
+            bucket_boundaries=list(bucket_boundaries),
+            bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+            padding_values=pad_values,
+            drop_remainder=drop_remainder,
+        )
+    if prefetch:
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds
+
+
+# ------------------------------------------------------------------ metrics
+def _f1(y_true, y_pred, positive):
+    tp = np.sum((y_pred == positive) & (y_true == positive))
+    fp = np.sum((y_pred == positive) & (y_true != positive))
+    fn = np.sum((y_pred != positive) & (y_true == positive))
+    return 0.0 if tp == 0 else float(2 * tp / (2 * tp + fp + fn))
+
+
+def _ranks(x):
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = np.asarray(x)[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def _pearson(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator else 0.0
+
+
+def compute_metrics(names, y_true, logits_or_scores):
+    """Metric values by name: accuracy, f1 (positive class 1), macro_f1, matthews
+    (binary or multi-class), pearson, spearman (regression scores)."""
+    y_true = np.asarray(y_true)
+    scores = np.asarray(logits_or_scores)
+    y_pred = scores.argmax(-1) if scores.ndim == 2 and scores.shape[-1] > 1 else scores.reshape(-1)
+    out = {}
+    for name in names:
+        if name == "accuracy":
+            out[name] = float(np.mean(y_pred == y_true))
+        elif name == "f1":
+            out[name] = _f1(y_true, y_pred, 1)
+        elif name == "macro_f1":
+            classes = np.unique(np.concatenate([y_true, y_pred]))
+            out[name] = float(np.mean([_f1(y_true, y_pred, c) for c in classes]))
+        elif name == "matthews":
+            classes = np.unique(np.concatenate([y_true, y_pred]))
+            confusion = np.array([[np.sum((y_true == a) & (y_pred == b)) for b in classes] for a in classes], float)
+            t, p, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
+            denominator = np.sqrt((s * s - (p * p).sum()) * (s * s - (t * t).sum()))
+            out[name] = float((c * s - (t * p).sum()) / denominator) if denominator else 0.0
+        elif name == "pearson":
+            out[name] = _pearson(y_true, y_pred)
+        elif name == "spearman":
+            out[name] = _pearson(_ranks(y_true), _ranks(y_pred))
+        else:
+            raise ValueError(f"compute_metrics: unknown metric {name!r}.")
+    return out
