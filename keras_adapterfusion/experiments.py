@@ -72,7 +72,7 @@ def fit(model, stage, train, epochs, learning_rate=None, steps_per_epoch=None, v
     from keras_adapterfusion import training
 
     steps = steps_per_epoch if steps_per_epoch is not None else int(train.cardinality())
-    if steps <= 0:  # cardinality unknown (bucketing): count once
+    if steps <= 0:  # a dataset of unknown size: count once
         steps = sum(1 for _ in train)
     training.compile_for_stage(model, STAGE_TO_OPTIMIZER[stage], total_steps=max(1, steps * epochs),
                                learning_rate=learning_rate)

@@ -108,7 +108,7 @@ def lengths(encoded):
 
 
 def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding="longest",
-                 bucket_boundaries=None, cache=True, prefetch=True, drop_remainder=False):
+                 bucket_boundaries=None, cache=False, prefetch=True, drop_remainder=False):
     """A `tf.data.Dataset` of `(x, y)` batches from `tokenize`'s output.
 
     Args:
@@ -121,7 +121,8 @@ def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding=
             `"buckets"` groups examples of similar length first (less padding).
         bucket_boundaries: length boundaries for `"buckets"`; by default the
             quartiles of the lengths.
-        cache: cache the (unbatched) examples in memory after the first epoch.
+        cache: cache the (unbatched) examples in memory after the first epoch
+            (the tokenization itself is cached on disk by `tokenize`).
         prefetch: prefetch batches (`tf.data.AUTOTUNE`).
         drop_remainder: drop a last smaller batch.
     """
@@ -150,12 +151,17 @@ def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding=
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     pad_values = ({k: tf.constant(0, tf.int32) for k in INPUT_KEYS}, tf.constant(0, tf.as_dtype(labels.dtype)))
+    batches = lambda count: count // batch_size if drop_remainder else -(-count // batch_size)  # noqa: E731
     if padding == "longest" or choice_dims:
         ds = ds.padded_batch(batch_size, padding_values=pad_values, drop_remainder=drop_remainder)
+        num_batches = batches(n)
     else:
         lens = lengths(encoded)
         if bucket_boundaries is None:
             bucket_boundaries = sorted({int(q) + 1 for q in np.quantile(lens, [0.25, 0.5, 0.75])})
+        # Each bucket is batched on its own, so the number of batches is known.
+        bucket_of = np.searchsorted(np.asarray(bucket_boundaries), lens, side="right")
+        num_batches = int(sum(batches(int(np.sum(bucket_of == b))) for b in range(len(bucket_boundaries) + 1)))
         ds = ds.bucket_by_sequence_length(
             lambda x, y: tf.shape(x["input_ids"])[0],
             bucket_boundaries=list(bucket_boundaries),
@@ -163,6 +169,7 @@ def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding=
             padding_values=pad_values,
             drop_remainder=drop_remainder,
         )
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
     if prefetch:
         ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds

@@ -1,0 +1,145 @@
+"""The command line: every command's happy path and error paths (real MiniLM, small slices of offline data)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_adapterfusion import cli
+
+pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]
+
+SMALL = ["--train-examples", "32", "--eval-examples", "32", "--epochs", "1", "--batch-size", "16",
+         "--max-length", "24"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Run directories of the training commands, made once for the module."""
+    root = tmp_path_factory.mktemp("runs")
+    common = SMALL + ["--data-dir", data_dir]
+    out = {}
+    for key, argv in {
+        "tweets": ["train-adapter", "--task", "vader_tweets", "--adapter-name", "tweets"],
+        "subj": ["train-adapter", "--task", "subjectivity", "--adapter-name", "subj"],
+        "head": ["head-only", "--task", "vader_tweets"],
+        "full": ["finetune", "--task", "vader_tweets"],
+    }.items():
+        out[key] = str(root / key)
+        assert cli.main(argv + ["--output-dir", out[key]] + common) == 0, key
+    out["fuse"] = str(root / "fuse")
+    assert cli.main(["fuse", "--task", "vader_tweets", "--adapters", out["tweets"], out["subj"],
+                     "--output-dir", out["fuse"]] + common) == 0
+    return out
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_training_commands_write_artefacts_and_metrics(runs):
+    expected = {
+        "tweets": {"adapter", "head"}, "subj": {"adapter", "head"}, "head": {"head"}, "full": {"model.keras"},
+        "fuse": {"adapters", "fusion", "head"},
+    }
+    for key, parts in expected.items():
+        files = set(os.listdir(runs[key]))
+        assert files == parts | {"run.json", "metrics.json"}, (key, files)
+        metrics = read(os.path.join(runs[key], "metrics.json"))
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics and metrics["examples"] == 32
+        assert len(metrics["losses"]) == 1 and np.isfinite(metrics["losses"][0])
+    assert sorted(os.listdir(os.path.join(runs["fuse"], "adapters"))) == ["subj", "tweets"]
+    run = read(os.path.join(runs["fuse"], "run.json"))
+    assert run["stage"] == "fusion" and run["adapters"] == ["tweets", "subj"] and run["train_examples"] == 32
+
+
+def test_evaluate_reproduces_the_training_metrics(runs, data_dir, capsys):
+    for key in ("fuse", "head", "full", "tweets"):
+        out_file = os.path.join(runs[key], "again.json")
+        code = cli.main(["evaluate", "--run-dir", runs[key], "--split", "validation", "--eval-examples", "32",
+                         "--data-dir", data_dir, "--output", out_file])
+        assert code == 0
+        again, first = read(out_file), read(os.path.join(runs[key], "metrics.json"))
+        assert again["accuracy"] == pytest.approx(first["accuracy"], abs=1e-9), key
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] == again["accuracy"]
+
+
+def test_export_from_run_directory(runs, tmp_path):
+    code = cli.main(["export", "--run-dir", runs["fuse"], "--export-dir", str(tmp_path), "--model-name", "tweets"])
+    assert code == 0
+    label_map = read(tmp_path / "tweets" / "1" / "assets" / "label_map.json")
+    assert label_map["tasks"]["default"]["labels"] == ["negative", "positive"]
+    assert os.path.isfile(tmp_path / "tweets" / "1" / "assets" / "tokenizer.json")
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("keras-adapterfusion")]
+    assert "Traceback" not in err
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_error_paths_exit_2_with_one_line(runs, data_dir, tmp_path, capsys):
+    from keras_adapterfusion import load_encoder, saving
+    from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER  # noqa: F401
+
+    common = SMALL + ["--data-dir", data_dir]
+    assert cli.main(["train-adapter", "--task", "glue_sst9", "--output-dir", str(tmp_path / "x")] + common) == 2
+    assert "unknown task 'glue_sst9'" in one_error_line(capsys)
+
+    assert cli.main(["fuse", "--task", "vader_tweets", "--adapters", runs["tweets"], str(tmp_path / "nope"),
+                     "--output-dir", str(tmp_path / "y")] + common) == 2
+    assert "is not a directory" in one_error_line(capsys)
+
+    tiny = load_encoder(os.path.join(os.path.dirname(__file__), "fixtures", "backbones", "tiny-bert"))
+    tiny.add_adapter("alien", "seq_bn")
+    saving.save_adapter(tiny, "alien", tmp_path / "alien")
+    assert cli.main(["fuse", "--task", "vader_tweets", "--adapters", runs["tweets"], str(tmp_path / "alien"),
+                     "--output-dir", str(tmp_path / "z")] + common) == 2
+    assert "saved from a different encoder" in one_error_line(capsys)
+
+    assert cli.main(["head-only", "--task", "vader_tweets", "--output-dir", runs["head"]] + common) == 2
+    assert "is not empty" in one_error_line(capsys)
+
+    assert cli.main(["evaluate", "--run-dir", str(tmp_path)]) == 2
+    assert "not a run directory" in one_error_line(capsys)
+
+    assert cli.main(["head-only", "--task", "vader_tweets", "--encoder", str(tmp_path / "no-encoder"),
+                     "--output-dir", str(tmp_path / "w")] + common) == 2
+    assert "--encoder" in one_error_line(capsys)
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["fuse", "--task", "vader_tweets"])
+    assert e.value.code == 2
+
+
+def test_demo_command_tiny(tmp_path, data_dir, capsys, monkeypatch):
+    from keras_adapterfusion import demo
+
+    tiny = demo.DemoSize(source_train=32, source_epochs=1, target_train=32, target_epochs=1, seeds=3,
+                         max_length=24, batch_size=16, test_limit=32)
+    monkeypatch.setitem(demo.SIZES, "quick", tiny)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--output-dir", str(out), "--data-dir", data_dir]) == 0
+    assert sorted(os.listdir(out)) == ["fusion_heatmap.png", "report.md", "results.json"]
+    results = read(out / "results.json")
+    assert set(results["summary"]) == {"head_only", "full_finetune", "st_a", "fusion"}
+    for setup, runs in results["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1, 2]
+        values = [r["test"]["accuracy"] for r in runs]
+        assert results["summary"][setup]["mean"] == pytest.approx(np.mean(values))
+        assert results["summary"][setup]["std"] == pytest.approx(np.std(values, ddof=1))
+    attention = np.array(results["fusion_attention"]["mean_attention"])
+    assert attention.shape == (6, 4) and np.allclose(attention.sum(1), 1.0)
+    stdout = capsys.readouterr().out
+    assert "| fusion |" in stdout and "| head_only |" in stdout
+    report = (out / "report.md").read_text()
+    assert "## Target results" in report and "fusion_heatmap.png" in report
