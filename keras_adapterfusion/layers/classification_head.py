@@ -102,13 +102,16 @@ class ClassificationHead(keras.layers.Layer):
             return "regression"
         return "single_label"
 
-    def call(self, hidden_states, pooled_output=None, training=None):
+    def select(self, hidden_states, pooled_output=None):
+        """What the dense stack reads: the first token (or the pooler output)."""
         if self.use_pooler:
             if pooled_output is None:
                 raise ValueError("ClassificationHead: use_pooler=True but no pooled_output was given.")
-            x = pooled_output
-        else:
-            x = hidden_states[:, 0, :]
+            return pooled_output
+        return hidden_states[:, 0, :]
+
+    def call(self, hidden_states, pooled_output=None, training=None):
+        x = self.select(hidden_states, pooled_output)
         for i, dense in enumerate(self.dense_layers):
             x = dense(self.dropout_layer(x, training=training))
             if i < self.num_layers - 1 and self._act is not None:
