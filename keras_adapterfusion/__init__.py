@@ -18,7 +18,7 @@ from keras_adapterfusion.layers import (
 )
 from keras_adapterfusion.models import AdapterModel, MultiTaskModel
 
-from keras_adapterfusion import analysis, builders, heads, saving, training  # noqa: E402
+from keras_adapterfusion import analysis, builders, heads, saving, training  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

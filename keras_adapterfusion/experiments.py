@@ -17,13 +17,10 @@ model.keras     the whole model (finetune only: its encoder changed)
 
 import json
 import os
-import shutil
 import sys
-import time
 
 import numpy as np
 
-STAGES = ("head_only", "finetune", "adapter", "fusion")
 STAGE_TO_OPTIMIZER = {"head_only": "head_only", "finetune": "full_finetune", "adapter": "adapter",
                       "fusion": "fusion"}
 
@@ -38,22 +35,45 @@ def default_cache_dir():
                         "tokenized")
 
 
+def sample_indices(labels, size, seed=0, balanced=False):
+    """`size` example indices drawn at random (seeded), sorted.
+
+    With `balanced`, every class gets the same share (classes with fewer
+    examples give all they have, and the rest is drawn from the others).
+    """
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    if size >= n:
+        return np.arange(n)
+    if not balanced:
+        return np.sort(rng.choice(n, size=size, replace=False))
+    classes = np.unique(labels)
+    per_class = size // len(classes)
+    chosen = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        chosen.extend(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    rest = np.setdiff1d(np.arange(n), chosen)
+    chosen.extend(rng.choice(rest, size=size - len(chosen), replace=False))
+    return np.sort(np.asarray(chosen))
+
+
 def prepare(task, tokenizer, split, max_length=128, limit=None, sample=None, seed=0, data_dir=None,
-            cache_dir=None):
+            cache_dir=None, balanced=False):
     """Tokenized inputs and labels of a task split.
 
     Args:
         limit: take the first `limit` examples of the split.
         sample: then draw `sample` examples at random (seeded by `seed`): the
             low-resource training sets.
+        balanced: draw the sample with the same number of examples per class.
     """
     from keras_adapterfusion.tasks import get_task, tokenize
 
     task = get_task(task)
     inputs, labels = task.load(split, data_dir=data_dir, limit=limit)
     if sample is not None and sample < len(labels):
-        rng = np.random.default_rng(seed)
-        index = np.sort(rng.choice(len(labels), size=sample, replace=False))
+        index = sample_indices(labels, sample, seed, balanced)
         inputs, labels = [inputs[i] for i in index], labels[index]
     encoded = tokenize(tokenizer, task, inputs, max_length=max_length,
                        cache_dir=cache_dir if cache_dir is not None else default_cache_dir())
@@ -127,12 +147,3 @@ def rebuild_model(run_dir, encoder=None):
     names = [saving.load_adapter(encoder, os.path.join(run_dir, "adapters", n)) for n in run["adapters"]]
     saving.load_fusion(encoder, os.path.join(run_dir, "fusion"))
     return builders.build_fusion_model(encoder, names, head=head), run
-
-
-class Timer:
-    def __enter__(self):
-        self.start = time.time()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.time() - self.start

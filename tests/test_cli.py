@@ -89,7 +89,6 @@ def one_error_line(capsys):
 
 def test_error_paths_exit_2_with_one_line(runs, data_dir, tmp_path, capsys):
     from keras_adapterfusion import load_encoder, saving
-    from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER  # noqa: F401
 
     common = SMALL + ["--data-dir", data_dir]
     assert cli.main(["train-adapter", "--task", "glue_sst9", "--output-dir", str(tmp_path / "x")] + common) == 2

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import BACKEND, max_abs
+from conftest import max_abs
 from keras_adapterfusion import (
-    AdapterConfig,
-    ClassificationHead,
     TransformerEncoder,
     analysis,
     builders,

@@ -134,3 +134,16 @@ def test_metrics_against_hand_computed_values():
                              np.array([[1.0], [3.0], [2.0], [4.0]]))
     assert scores["pearson"] == pytest.approx(0.8)
     assert scores["spearman"] == pytest.approx(0.8)
+
+
+def test_sample_indices_balanced_and_seeded():
+    from keras_adapterfusion.experiments import sample_indices
+
+    labels = np.array([0] * 90 + [1] * 10)
+    plain = sample_indices(labels, 20, seed=3)
+    assert len(set(plain)) == 20 and np.array_equal(plain, sample_indices(labels, 20, seed=3))
+    balanced = sample_indices(labels, 20, seed=3, balanced=True)
+    assert np.bincount(labels[balanced]).tolist() == [10, 10]
+    skewed = sample_indices(labels, 40, seed=1, balanced=True)  # class 1 has only 10: all of them, 30 of class 0
+    assert np.bincount(labels[skewed]).tolist() == [30, 10] and len(set(skewed)) == 40
+    assert np.array_equal(sample_indices(labels, 500), np.arange(100))

@@ -26,7 +26,7 @@ texts, labels = task.load("train", limit=300)
 """
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 

@@ -1,0 +1,119 @@
+"""Time keras_adapterfusion on the workloads of the reference's benchmark (shared/bench/peer_bench.py).
+
+Prints one JSON line per scenario with the reference's fields:
+{"impl", "device", "bf16", "model", "scenario", "batch", "seq", "n_adapters", "ms_median", "ex_per_s",
+ "trainable_params"}, so the two can be compared line by line. Run both in one session on one machine:
+
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench.py --model minilm --batch 16 --seq 128 --steps 5
+    /tmp/peer/bin/python ../shared/bench/peer_bench.py --model minilm --batch 16 --seq 128 --steps 5 --threads 2
+
+Scenarios: train_full, train_adapter, train_fusion (N seq_bn adapters + dynamic fusion; fusion and head train),
+infer_base, infer_adapter, infer_fusion; `--fusion-form reference` times AdapterHub's literal fusion form instead
+of the fast exact one. Random weights, fixed random token ids, AdamW, cross-entropy on 2 labels, the median of the
+timed steps after 2 warm-ups (as the reference).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+CONFIGS = {
+    "bert-base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "minilm": dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+    "bert-tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+}
+SCENARIOS = ("train_full", "train_adapter", "train_fusion", "infer_base", "infer_adapter", "infer_fusion")
+
+
+def build(model_name, scenario, n_adapters, reference_form):
+    from keras_adapterfusion import TransformerEncoder, builders
+
+    encoder = TransformerEncoder(vocab_size=30522, max_positions=512, fusion_reference_form=reference_form,
+                                 **CONFIGS[model_name])
+    encoder.build()
+    if scenario.endswith("full") or scenario == "infer_base":
+        return builders.build_full_finetune_model(encoder, num_labels=2) if scenario.startswith("train") \
+            else builders.build_head_only_model(encoder, num_labels=2)
+    if scenario.endswith("adapter"):
+        return builders.build_adapter_model(encoder, "a0", num_labels=2)
+    names = [f"a{i}" for i in range(n_adapters)]
+    for n in names:
+        encoder.add_adapter(n, "seq_bn")
+    return builders.build_fusion_model(encoder, names, num_labels=2)
+
+
+def run(model_name, scenario, batch, seq, steps, n_adapters, reference_form, bf16):
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    if bf16:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    model = build(model_name, scenario, n_adapters, reference_form)
+    rng = np.random.default_rng(0)
+    x = {"input_ids": rng.integers(1000, 30000, (batch, seq)).astype("int32"),
+         "attention_mask": np.ones((batch, seq), "int32")}
+    y = rng.integers(0, 2, batch)
+    train = scenario.startswith("train")
+    if train:
+        model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        step = lambda: model.train_on_batch(x, y)  # noqa: E731
+    else:
+        step = lambda: keras.ops.convert_to_numpy(model.predict_on_batch(x))  # noqa: E731
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        step()
+        if i >= 2:
+            times.append((time.perf_counter() - t) * 1000)
+    ms = statistics.median(times)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights) if train else None
+    return {"impl": f"keras_adapterfusion-{keras.backend.backend()}" + ("-reference-form" if reference_form else ""),
+            "device": "gpu" if _has_gpu() else "cpu", "bf16": bf16, "model": model_name, "scenario": scenario,
+            "batch": batch, "seq": seq, "n_adapters": n_adapters if scenario.endswith("fusion") else None,
+            "ms_median": round(ms, 2), "ex_per_s": round(batch / ms * 1000, 2), "trainable_params": trainable}
+
+
+def _has_gpu():
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="minilm")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--fusion-form", choices=["fast", "reference"], default="fast")
+    parser.add_argument("--bf16", action="store_true", help="mixed_bfloat16 policy")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (TensorFlow)")
+    args = parser.parse_args()
+    if args.threads and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    for scenario in args.scenarios.split(","):
+        if scenario not in SCENARIOS:
+            parser.error(f"unknown scenario {scenario!r}; expected from {list(SCENARIOS)}")
+        print(json.dumps(run(args.model, scenario, args.batch, args.seq, args.steps, args.adapters,
+                             args.fusion_form == "reference", args.bf16)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
