@@ -1,6 +1,6 @@
 # keras_adapterfusion: set-up, tests and the demo.
 #   make demo   the main job on the embedded default: the AdapterFusion demo on the offline
-#               MiniLM encoder and offline tasks (about 20 minutes on 2 CPU cores)
+#               MiniLM encoder and offline tasks (about 11 minutes on 2 CPU cores)
 #   make test   create .venv, install everything, run the tests on TensorFlow and JAX
 
 PYTHON ?= python3
