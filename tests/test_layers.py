@@ -313,7 +313,6 @@ def test_block_semantics_match_design_formulas():
     x = np.random.default_rng(0).normal(size=(2, 4, 16)).astype("float32")
     out, _, _ = block(x, adapter_setup="pf")
     # recompute by hand from the block's parts
-    x1, _, _ = block(x)  # no adapter: x1 here is the full block output; recompute pieces instead
     att = block.hidden_dropout_layer(block.attention_output_dense(block._attention(x, None, False)))
     x1 = block.attention_norm(att + x)
     h = block.output_dense(block._act(block.intermediate_dense(x1)))
