@@ -101,15 +101,26 @@ def fit(model, stage, train, epochs, learning_rate=None, steps_per_epoch=None, v
 
 
 def evaluate(model, task, encoded, labels, batch_size=64):
-    """The task's metrics of `model` on tokenized data."""
+    """The task's metrics of `model` on tokenized data.
+
+    Every batch is padded to the longest example of the whole set, so the
+    prediction function is traced once rather than once per batch shape.
+    """
     from keras_adapterfusion.tasks import compute_metrics, get_task
 
     task = get_task(task)
-    logits, y = [], []
-    for x, labels_batch in dataset(encoded, labels, batch_size):
-        logits.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
-        y.append(np.asarray(labels_batch))
-    return compute_metrics(task.metrics, np.concatenate(y), np.concatenate(logits))
+    x = {k: _pad([np.asarray(v) for v in encoded[k]]) for k in encoded}
+    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return compute_metrics(task.metrics, np.asarray(labels), logits)
+
+
+def _pad(values):
+    """Stack ragged int arrays ([tokens] or [choices, tokens]) with zero padding on the last axis."""
+    longest = max(v.shape[-1] for v in values)
+    out = np.zeros((len(values),) + values[0].shape[:-1] + (longest,), np.int32)
+    for i, v in enumerate(values):
+        out[i, ..., : v.shape[-1]] = v
+    return out
 
 
 def write_json(path, data):
