@@ -78,6 +78,21 @@ class _SharedEncoderModel(keras.Model):
         self._build_parts()
         self.built = True
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(encoder=keras.saving.serialize_keras_object(self.encoder), trainable_spec=self.trainable_spec)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**cls._deserialize_heads(config))
+
+    @staticmethod
+    def _deserialize_heads(config):
+        return config
+
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
 class AdapterModel(_SharedEncoderModel):
@@ -162,22 +177,18 @@ class AdapterModel(_SharedEncoderModel):
     def get_config(self):
         config = super().get_config()
         config.update(
-            encoder=keras.saving.serialize_keras_object(self.encoder),
             head=None if self.head is None else keras.saving.serialize_keras_object(self.head),
             adapter_setup=self.adapter_setup,
             output_hidden_states=self.output_hidden_states,
             output_key=self.output_key,
-            trainable_spec=self.trainable_spec,
         )
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+    @staticmethod
+    def _deserialize_heads(config):
         if config.get("head") is not None:
             config["head"] = keras.saving.deserialize_keras_object(config["head"])
-        return cls(**config)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
@@ -268,16 +279,10 @@ class MultiTaskModel(_SharedEncoderModel):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            encoder=keras.saving.serialize_keras_object(self.encoder),
-            heads={t: keras.saving.serialize_keras_object(h) for t, h in self.heads.items()},
-            trainable_spec=self.trainable_spec,
-        )
+        config["heads"] = {t: keras.saving.serialize_keras_object(h) for t, h in self.heads.items()}
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+    @staticmethod
+    def _deserialize_heads(config):
         config["heads"] = {t: keras.saving.deserialize_keras_object(h) for t, h in config["heads"].items()}
-        return cls(**config)
+        return config

@@ -33,6 +33,7 @@ import os
 import keras
 import numpy as np
 
+from keras_adapterfusion.adapterhub import _resolve_block_variable as _block_variable
 from keras_adapterfusion.adapterhub import adapter_rows, fusion_rows
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 from keras_adapterfusion.errors import CheckpointError
@@ -78,13 +79,6 @@ def encoder_signature(encoder):
 def _native_key(loc):
     block, slot, sub, attr = loc
     return ".".join(str(p) for p in (block, slot, sub, attr) if p is not None)
-
-
-def _block_variable(encoder, loc, kind, name):
-    block, slot, sub, attr = loc
-    blk = encoder.blocks[block]
-    layer = (blk.adapter_layers(name) if kind == "adapter" else blk.fusion_layers(name))[slot]
-    return getattr(layer if sub is None else getattr(layer, sub), attr)
 
 
 def _head_rows(head):
