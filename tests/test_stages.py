@@ -168,6 +168,23 @@ def test_regularization_is_in_the_training_loss():
     assert abs(trained - with_reg - expected_reg) < 1e-3 * expected_reg
 
 
+def test_compile_builds_the_optimizer_so_the_training_step_traces_once():
+    enc = TransformerEncoder(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    model = builders.build_adapter_model(enc, "a", num_labels=2)
+    training.compile_for_stage(model, total_steps=4)
+    assert model.optimizer.built
+    slots = {v.path for v in model.optimizer.variables}
+    for weight in model.trainable_weights:  # AdamW: a momentum and a velocity per stage weight
+        assert any(weight.name in s and s.endswith("_momentum") for s in slots), weight.path
+    traces = []
+    step = model.train_step
+    model.train_step = lambda *args: traces.append(1) or step(*args)
+    x = {"input_ids": np.ones((8, 5), "int32")}
+    model.fit(x, np.zeros(8, "int32"), batch_size=4, epochs=2, verbose=0)
+    # Slots made inside the first traced step would make tf.function trace it twice.
+    assert len(traces) == 1
+
+
 # -------------------------------------------------------------- heads
 @pytest.mark.parametrize("kind", heads.HEAD_KINDS)
 def test_every_head_kind_trains(kind):
