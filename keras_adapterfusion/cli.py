@@ -315,7 +315,7 @@ def build_parser():
     p = sub.add_parser("demo", help="the end-to-end demo on the offline encoder and tasks")
     p.add_argument("--output-dir", default="demo_output")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a first look (about 6 minutes on 2 CPU cores)")
+    size.add_argument("--quick", action="store_true", help="a first look (about 4 minutes on 2 CPU cores)")
     size.add_argument("--full", action="store_true", help="the large size, for a GPU")
     p.add_argument("--encoder", default=DEFAULT_ENCODER)
     p.add_argument("--seeds", type=int, default=None)
