@@ -80,7 +80,7 @@ def _load(args):
 
 
 def _data(args, task, tokenizer):
-    from keras_adapterfusion.experiments import dataset, prepare
+    from keras_adapterfusion.experiments import prepare
 
     try:
         train_enc, train_y = prepare(task, tokenizer, "train", args.max_length, sample=args.train_examples,
@@ -89,18 +89,20 @@ def _data(args, task, tokenizer):
                                    data_dir=args.data_dir)
     except Exception as e:  # no internet for a TFDS download, a broken cache, ...
         _fail(f"--task {task.name!r}: cannot load its data ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
-    return dataset(train_enc, train_y, args.batch_size, shuffle=True, seed=args.seed), (eval_enc, eval_y), len(train_y)
+    return (train_enc, train_y), (eval_enc, eval_y)
 
 
 def _train_and_save(args, stage, build, save, extra_run=None):
     import keras
 
-    from keras_adapterfusion.experiments import evaluate, fit, write_json
+    from keras_adapterfusion.experiments import dataset, evaluate, fit, write_json
 
     task, encoder, tokenizer = _load(args)
+    (train_enc, train_y), (eval_enc, eval_y) = _data(args, task, tokenizer)
+    # Seeded after loading: building a dataset the first time can draw from the global random state.
     keras.utils.set_random_seed(args.seed)
     model = build(task, encoder)
-    train, (eval_enc, eval_y), n_train = _data(args, task, tokenizer)
+    train, n_train = dataset(train_enc, train_y, args.batch_size, shuffle=True, seed=args.seed), len(train_y)
     losses = fit(model, stage, train, args.epochs, args.learning_rate)
     metrics = evaluate(model, task, eval_enc, eval_y)
     from keras_adapterfusion.fileio import atomic_directory

@@ -98,18 +98,31 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
     def load_enc():
         return load_encoder(encoder_path, hidden_dropout=0.1, attention_dropout=0.1)
 
-    # ---- stage 1: one adapter per source task (trained once, seed 0)
-    keras.utils.set_random_seed(0)
-    shared = load_enc()
+    # ---- the data first: building a dataset for the first time can draw from the global random
+    # state, so seeding after it makes a first run give the same numbers as later ones.
+    source_data = {}
     for name in sources:
         task = get_task(name)
         _log(f"source {name}: preparing {cfg.source_train} training examples (class-balanced)")
         # Balanced, so that a skewed source (subjectivity is 92% one class) still
         # teaches its adapter the distinction rather than the majority class.
-        enc, y = prepare(task, tokenizer, "train", cfg.max_length, sample=cfg.source_train, seed=0,
-                         data_dir=data_dir, balanced=True)
-        val_enc, val_y = prepare(task, tokenizer, "validation", cfg.max_length, limit=cfg.test_limit or 1000,
-                                 data_dir=data_dir)
+        source_data[name] = (
+            prepare(task, tokenizer, "train", cfg.max_length, sample=cfg.source_train, seed=0, data_dir=data_dir,
+                    balanced=True),
+            prepare(task, tokenizer, "validation", cfg.max_length, limit=cfg.test_limit or 1000, data_dir=data_dir),
+        )
+    target_task = get_task(target)
+    test_enc, test_y = prepare(target_task, tokenizer, "test", cfg.max_length, limit=cfg.test_limit,
+                               data_dir=data_dir)
+    results["test_examples"] = int(len(test_y))
+
+    # ---- stage 1: one adapter per source task (trained once, seed 0)
+    keras.utils.set_random_seed(0)
+    shared = load_enc()
+    for name in sources:
+        task = get_task(name)
+        (enc, y), (val_enc, val_y) = source_data[name]
+        _log(f"source {name}: training an adapter on {len(y)} examples")
         model = builders.build_adapter_model(shared, name, num_labels=task.num_labels)
         t0 = time.time()
         losses = fit(model, "adapter", make_ds(enc, y, cfg.batch_size, shuffle=True, seed=0), cfg.source_epochs,
@@ -120,15 +133,11 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
         _log(f"source {name}: validation {metrics}")
 
     # ---- the low-resource target
-    target_task = get_task(target)
-    test_enc, test_y = prepare(target_task, tokenizer, "test", cfg.max_length, limit=cfg.test_limit,
-                               data_dir=data_dir)
-    results["test_examples"] = int(len(test_y))
     heatmap = None
     for seed in range(cfg.seeds):
-        keras.utils.set_random_seed(seed)
         train_enc, train_y = prepare(target_task, tokenizer, "train", cfg.max_length, sample=cfg.target_train,
                                      seed=seed, data_dir=data_dir)
+        keras.utils.set_random_seed(seed)  # after the data, as above
         train = make_ds(train_enc, train_y, cfg.batch_size, shuffle=True, seed=seed)
         n = target_task.num_labels
 

@@ -142,3 +142,46 @@ def test_demo_command_tiny(tmp_path, data_dir, capsys, monkeypatch):
     assert "| fusion |" in stdout and "| head_only |" in stdout
     report = (out / "report.md").read_text()
     assert "## Target results" in report and "fusion_heatmap.png" in report
+
+
+def _draw_from_global_random_state():
+    """What a first-time dataset build may do: draw from Python's, NumPy's and the backend's global state."""
+    import random
+
+    import keras
+
+    random.random()
+    np.random.random()
+    keras.random.uniform(())
+
+
+def test_a_first_data_build_does_not_change_the_results(tmp_path, data_dir, monkeypatch):
+    from keras_adapterfusion import demo, experiments
+
+    tiny = demo.DemoSize(source_train=32, source_epochs=1, target_train=32, target_epochs=1, seeds=1,
+                         max_length=24, batch_size=16, test_limit=32, sources=("subjectivity",))
+    monkeypatch.setitem(demo.SIZES, "quick", tiny)
+    argv = ["train-adapter", "--task", "vader_tweets", "--data-dir", data_dir] + SMALL
+
+    def run_both():
+        out = tmp_path / str(len(os.listdir(tmp_path)))
+        results = demo.run_demo(str(out / "demo"), "quick", data_dir=data_dir)
+        assert cli.main(argv + ["--output-dir", str(out / "cli")]) == 0
+        return results, read(out / "cli" / "metrics.json")
+
+    plain_demo, plain_cli = run_both()
+    prepare = experiments.prepare
+
+    def prepare_drawing(*args, **kwargs):
+        _draw_from_global_random_state()
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(experiments, "prepare", prepare_drawing)
+    drawn_demo, drawn_cli = run_both()
+    assert drawn_cli["losses"] == pytest.approx(plain_cli["losses"], rel=1e-6)
+    assert drawn_cli["accuracy"] == plain_cli["accuracy"]
+    assert drawn_demo["sources"]["subjectivity"]["losses"] == pytest.approx(
+        plain_demo["sources"]["subjectivity"]["losses"], rel=1e-6)
+    for setup in demo.SETUPS:
+        assert drawn_demo["runs"][setup][0]["losses"] == pytest.approx(plain_demo["runs"][setup][0]["losses"],
+                                                                       rel=1e-6), setup
