@@ -102,7 +102,7 @@ def _train_and_save(args, stage, build, save, extra_run=None):
     # Seeded after loading: building a dataset the first time can draw from the global random state.
     keras.utils.set_random_seed(args.seed)
     model = build(task, encoder)
-    train, n_train = dataset(train_enc, train_y, args.batch_size, shuffle=True, seed=args.seed), len(train_y)
+    train = dataset(train_enc, train_y, args.batch_size, shuffle=True, seed=args.seed)
     losses = fit(model, stage, train, args.epochs, args.learning_rate)
     metrics = evaluate(model, task, eval_enc, eval_y)
     from keras_adapterfusion.fileio import atomic_directory
@@ -111,7 +111,7 @@ def _train_and_save(args, stage, build, save, extra_run=None):
         save(model, encoder, tmp)
         run = {"stage": stage, "task": task.name, "encoder": args.encoder, "seed": args.seed,
                "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-               "max_length": args.max_length, "train_examples": n_train, **(extra_run or {})}
+               "max_length": args.max_length, "train_examples": len(train_y), **(extra_run or {})}
         write_json(os.path.join(tmp, "run.json"), run)
         write_json(os.path.join(tmp, "metrics.json"), {"task": task.name, "split": args.eval_split,
                                                        "examples": int(len(eval_y)), **metrics, "losses": losses})

@@ -107,6 +107,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
         # Balanced, so that a skewed source (subjectivity is 92% one class) still
         # teaches its adapter the distinction rather than the majority class.
         source_data[name] = (
+            task,
             prepare(task, tokenizer, "train", cfg.max_length, sample=cfg.source_train, seed=0, data_dir=data_dir,
                     balanced=True),
             prepare(task, tokenizer, "validation", cfg.max_length, limit=cfg.test_limit or 1000, data_dir=data_dir),
@@ -120,8 +121,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
     keras.utils.set_random_seed(0)
     shared = load_enc()
     for name in sources:
-        task = get_task(name)
-        (enc, y), (val_enc, val_y) = source_data[name]
+        task, (enc, y), (val_enc, val_y) = source_data[name]
         _log(f"source {name}: training an adapter on {len(y)} examples")
         model = builders.build_adapter_model(shared, name, num_labels=task.num_labels)
         t0 = time.time()
