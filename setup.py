@@ -1,10 +1,17 @@
 """keras_adapterfusion: AdapterFusion for Keras 3 and TensorFlow."""
 
+import os
+import re
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "keras_adapterfusion", "version.py")) as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 setup(
     name="keras-adapterfusion",
-    version="0.1.0",
+    version=VERSION,
     description="AdapterFusion (Pfeiffer et al., 2020) for Keras 3 and TensorFlow, with parity to AdapterHub",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",

@@ -1,41 +1,119 @@
 """AdapterFusion (Pfeiffer et al., 2020) for Keras 3.
 
-Importing this package does not import TensorFlow or tensorflow-datasets, so the
-layers and models run on the JAX and PyTorch backends too.
+Importing this package is cheap: it imports neither Keras nor TensorFlow. The
+public names below load on first use (`keras_adapterfusion.AdapterModel`
+imports the models then), so the command line answers `--help` and checks its
+arguments at once, and the layers run on the JAX and PyTorch backends without
+TensorFlow installed.
+
+So that `keras.saving.load_model` finds this package's layers and models in a
+`.keras` file, they register with Keras as soon as Keras itself is imported,
+before or after this package (see `_register_with_keras`).
+
+Example:
+
+```python
+import keras_adapterfusion as kaf
+
+encoder = kaf.load_encoder("sentence-transformers/all-MiniLM-L6-v2")
+encoder.add_adapter("sentiment", "seq_bn")
+model = kaf.AdapterModel(encoder, kaf.ClassificationHead(2), adapter_setup="sentiment")
+```
 """
 
-from keras_adapterfusion.backbones import TransformerEncoder, load_encoder, load_tokenizer
+import importlib
+import importlib.abc
+import sys
+
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
-from keras_adapterfusion.errors import CheckpointError
-from keras_adapterfusion.layers import (
-    AdapterFusion,
-    BottleneckAdapter,
-    ClassificationHead,
-    MultipleChoiceHead,
-    TextEmbeddings,
-    TokenClassificationHead,
-    TransformerBlock,
+from keras_adapterfusion.errors import (
+    CheckpointError,
+    ExportError,
+    InputError,
+    InvalidNameError,
+    SaveError,
+    ServingError,
 )
-from keras_adapterfusion.models import AdapterModel, MultiTaskModel
+from keras_adapterfusion.version import __version__
 
-from keras_adapterfusion import analysis, builders, heads, saving, training  # noqa: E402,F401
+# Public names that need Keras, and the module each lives in.
+_LAZY = {
+    "AdapterFusion": "keras_adapterfusion.layers",
+    "AdapterSetup": "keras_adapterfusion.layers",
+    "BottleneckAdapter": "keras_adapterfusion.layers",
+    "ClassificationHead": "keras_adapterfusion.layers",
+    "MultipleChoiceHead": "keras_adapterfusion.layers",
+    "TextEmbeddings": "keras_adapterfusion.layers",
+    "TokenClassificationHead": "keras_adapterfusion.layers",
+    "TransformerBlock": "keras_adapterfusion.layers",
+    "TransformerEncoder": "keras_adapterfusion.backbones",
+    "load_encoder": "keras_adapterfusion.backbones",
+    "load_tokenizer": "keras_adapterfusion.backbones",
+    "AdapterModel": "keras_adapterfusion.models",
+    "MultiTaskModel": "keras_adapterfusion.models",
+}
+_SUBMODULES = ("adapterhub", "analysis", "backbones", "builders", "cli", "configs", "demo", "errors", "experiments",
+               "export", "heads", "inputs", "io", "layers", "models", "names", "saving", "serving", "tasks",
+               "trainable", "training", "version")
+# The modules that define Keras-serializable classes (`register_keras_serializable`).
+_KERAS_SERIALIZABLES = ("keras_adapterfusion.layers", "keras_adapterfusion.backbones.transformer_encoder",
+                        "keras_adapterfusion.models", "keras_adapterfusion.heads", "keras_adapterfusion.training")
 
-__version__ = "0.1.0"
+__all__ = sorted(["AdapterConfig", "CheckpointError", "ExportError", "FusionConfig", "InputError",
+                  "InvalidNameError", "SaveError", "ServingError", "__version__", *_LAZY])
 
-__all__ = [
-    "AdapterConfig",
-    "AdapterFusion",
-    "AdapterModel",
-    "BottleneckAdapter",
-    "CheckpointError",
-    "ClassificationHead",
-    "MultiTaskModel",
-    "MultipleChoiceHead",
-    "TokenClassificationHead",
-    "FusionConfig",
-    "TextEmbeddings",
-    "TransformerBlock",
-    "TransformerEncoder",
-    "load_encoder",
-    "load_tokenizer",
-]
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_adapterfusion.{name}")
+    raise AttributeError(f"module 'keras_adapterfusion' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+def _register_with_keras():
+    """Import the modules whose classes Keras must know to load `.keras` files."""
+    for module in _KERAS_SERIALIZABLES:
+        importlib.import_module(module)
+
+
+class _RunAfterKerasLoads(importlib.abc.Loader):
+    """Keras's own loader, then `_register_with_keras` once Keras has finished importing."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _register_with_keras()
+
+    def __getattr__(self, name):  # resource readers and the like: Keras's loader answers
+        return getattr(self._loader, name)
+
+
+class _WatchForKeras(importlib.abc.MetaPathFinder):
+    """Removes itself at the first import of `keras` and wraps that import's loader."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is not None and spec.loader is not None:
+            spec.loader = _RunAfterKerasLoads(spec.loader)
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_with_keras()
+elif not any(isinstance(finder, _WatchForKeras) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _WatchForKeras())

@@ -1,4 +1,18 @@
-"""Exceptions raised by keras_adapterfusion."""
+"""Every exception keras_adapterfusion raises on purpose, in one place.
+
+Each is a subclass of a built-in exception (`ValueError` or `RuntimeError`), so
+existing `except ValueError` code keeps working, and each message names the
+file, field, input or argument at fault, the value found and what was expected.
+
+| exception | raised when |
+|---|---|
+| `CheckpointError` | a checkpoint, adapter, fusion, head or bundle file is missing, corrupt or does not fit |
+| `InputError` | a model input (token ids, token types, attention mask) is out of range or malformed |
+| `InvalidNameError` | an adapter, fusion, head, task or exported model name breaks the naming rule |
+| `SaveError` | a save would replace something the package did not write, or cannot be written |
+| `ExportError` | a model or an export directory does not allow a SavedModel export |
+| `ServingError` | a model server could not be reached, answered with an error, or answered nonsense |
+"""
 
 
 class CheckpointError(ValueError):
@@ -7,3 +21,23 @@ class CheckpointError(ValueError):
     The message names the file and the problem. It subclasses `ValueError`, so
     `except ValueError` catches it too.
     """
+
+
+class InputError(ValueError):
+    """A model input is invalid: the message names the input, the offending value and the allowed range."""
+
+
+class InvalidNameError(ValueError):
+    """A name (adapter, fusion, head, task, exported model) breaks the naming rule (see `names.check_name`)."""
+
+
+class SaveError(ValueError):
+    """A save was refused (it would replace files the package did not write) or could not be completed."""
+
+
+class ExportError(ValueError):
+    """The model or the export directory does not allow an export; the message says why."""
+
+
+class ServingError(RuntimeError):
+    """The server answered with an error or a malformed reply, could not be reached, or timed out."""

@@ -1,0 +1,33 @@
+"""Reading and writing files: the one place for both.
+
+- `weights`: the one weight loader (check every tensor, then assign all or none);
+  each format supplies only its key table of `WeightRow`s.
+- `tensors`: reading weights files (safetensors, PyTorch `.bin` without PyTorch).
+- `torch_bin`: the restricted reader of PyTorch's pickled `.bin` files.
+- `directories`: the one directory writer (atomic, crash-safe, refuses to replace
+  what the package did not write) and `saved_directory` for loaders.
+- `files`: strict JSON reads with field checks, atomic single-file writes.
+
+Nothing here imports TensorFlow.
+"""
+
+from keras_adapterfusion.io.directories import check_destination, saved_directory, write_directory
+from keras_adapterfusion.io.files import atomic_file, json_field, read_json, write_json
+from keras_adapterfusion.io.tensors import WeightsFile, read_weights
+from keras_adapterfusion.io.weights import WeightRow, gather_weights, load_weights, stage_weights
+
+__all__ = [
+    "WeightRow",
+    "WeightsFile",
+    "atomic_file",
+    "check_destination",
+    "gather_weights",
+    "json_field",
+    "load_weights",
+    "read_json",
+    "read_weights",
+    "saved_directory",
+    "stage_weights",
+    "write_directory",
+    "write_json",
+]
