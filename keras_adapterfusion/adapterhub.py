@@ -9,9 +9,17 @@ AdapterHub saves each module as a directory: a JSON config and a weights file
 | fusion | `adapter_fusion_config.json` | `model_adapter_fusion.safetensors` / `pytorch_model_adapter_fusion.bin` |
 | head | `head_config.json` | `model_head.safetensors` / `pytorch_model_head.bin` |
 
-Loading checks everything (config fields, hidden size, model type, every key and
-every shape) before it changes a variable, so a failed load leaves nothing
-half-loaded. Pickled files are read only with `allow_pickle=True`.
+Loading checks every config field (naming the file and the field), the hidden
+size and model type, and every tensor's key, shape, dtype and finiteness
+before it changes a variable, so a failed load leaves nothing half-loaded.
+PyTorch `.bin` files are read without PyTorch and without running pickle code
+(`keras_adapterfusion.io.torch_bin`). This module supplies only the configs'
+translation and the key tables; `keras_adapterfusion.io` reads, checks,
+assigns and writes.
+
+Classification heads (`head_type` `"classification"` and
+`"multilabel_classification"`) are supported; their `label2id` comes back with
+the head and is written on export.
 
 Example:
 
@@ -25,23 +33,29 @@ out = model({"input_ids": ids, "attention_mask": mask})
 ```
 """
 
+import collections
 import os
 
-import numpy as np
-
-from keras_adapterfusion.backbones.huggingface import (
-    BASE_PREFIX,
-    apply_transform,
-    load_encoder,
-    read_tensors,
-)
+from keras_adapterfusion.backbones.converters import CONVERTERS
+from keras_adapterfusion.backbones.huggingface import load_encoder
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 from keras_adapterfusion.errors import CheckpointError
-from keras_adapterfusion.fileio import atomic_directory, read_json, write_json
+from keras_adapterfusion.io import (
+    WeightRow,
+    gather_weights,
+    json_field,
+    read_json,
+    read_weights,
+    saved_directory,
+    stage_weights,
+    write_directory,
+    write_json,
+)
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup, fusion_key
 from keras_adapterfusion.layers.classification_head import ClassificationHead
-from keras_adapterfusion.layers.transformer_block import fusion_key
 from keras_adapterfusion.models import AdapterModel
+from keras_adapterfusion.names import check_name
 
 ADAPTERHUB_VERSION = "adapters.1.3.0"
 MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel", "xlm-roberta": "XLMRobertaAdapterModel"}
@@ -77,14 +91,15 @@ _IGNORED_ADAPTER_FIELDS = {
 # Activation names of configs saved before `adapters` wrote a version field.
 _LEGACY_ACTIVATIONS = {"gelu": "gelu_new", "gelu_orig": "gelu"}
 
-_HEAD_TYPES = ("classification", "multilabel_classification")
+# AdapterHub head types this package reads and writes, and its own head_type for each.
+_HEAD_TYPES = {"classification": "classification", "multilabel_classification": "multilabel_classification"}
 
 
 # --------------------------------------------------------------- configs
 def adapter_config_from_adapterhub(data, source="adapter config"):
     """An `AdapterConfig` from the `config` dict of an AdapterHub `adapter_config.json`."""
     if not isinstance(data, dict):
-        raise CheckpointError(f"{source}: 'config' is {type(data).__name__}; expected an object.")
+        raise CheckpointError(f"{source}: is {type(data).__name__}; expected an object.")
     fields = {}
     known = {f for f in AdapterConfig.__dataclass_fields__}
     for key, value in data.items():
@@ -116,8 +131,9 @@ def adapter_config_to_adapterhub(config):
 
 
 def fusion_config_from_adapterhub(data, source="fusion config"):
+    """A `FusionConfig` from the `config` dict of an AdapterHub `adapter_fusion_config.json`."""
     if not isinstance(data, dict):
-        raise CheckpointError(f"{source}: 'config' is {type(data).__name__}; expected an object.")
+        raise CheckpointError(f"{source}: is {type(data).__name__}; expected an object.")
     known = set(FusionConfig.__dataclass_fields__) - {"regularization_weight"}
     unknown = sorted(set(data) - known - {"architecture"})
     if unknown:
@@ -135,15 +151,17 @@ def fusion_config_to_adapterhub(config):
 
 
 # ------------------------------------------------------------- file reads
-def _read_module(directory, config_name, weights_stem, what, allow_pickle):
-    directory = os.fspath(directory)
+def _read_module(directory, config_name, weights_stem, what):
+    """`(config path, meta, WeightsFile)` of an AdapterHub module directory, its JSON checked."""
+    directory = saved_directory(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such directory; expected an AdapterHub {what} directory.")
-    meta = read_json(os.path.join(directory, config_name), f"AdapterHub {what} config")
-    if "config" not in meta:
-        raise CheckpointError(f"{os.path.join(directory, config_name)}: no 'config' entry; expected AdapterHub's layout.")
-    tensors = read_tensors(directory, weights_stem, allow_pickle)
-    return meta, tensors
+    path = os.path.join(directory, config_name)
+    meta = read_json(path, f"AdapterHub {what} config")
+    json_field(meta, "config", path, dict)
+    json_field(meta, "hidden_size", path, int, default=None, check=lambda v: v >= 1, expected="an integer >= 1")
+    json_field(meta, "model_type", path, str, default=None)
+    return path, meta, read_weights(directory, weights_stem)
 
 
 def _check_meta(meta, path, encoder):
@@ -159,266 +177,298 @@ def _check_meta(meta, path, encoder):
         )
 
 
+def _stored_name(meta, path, what):
+    name = json_field(meta, "name", path, str, expected=f"the {what}'s name, a string")
+    try:
+        return check_name(name, f"{path}: field 'name'")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+
+
 def _strip_prefix(tensors, model_type):
-    prefix = BASE_PREFIX.get(model_type, "bert") + "."
+    prefix = CONVERTERS[model_type].prefix
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
 
 
 # ------------------------------------------------------------ key tables
+# Where each variable of an adapter or fusion lives: block, slot, sublayer and
+# attribute of this package's layers, with its shape, its AdapterHub key (after
+# the slot's prefix) and its transform. Native saves (`saving`) key the same
+# table by location, AdapterHub files by `hub`.
+Location = collections.namedtuple("Location", ["block", "slot", "sub", "attr", "shape", "hub", "transform"])
+
+
 def _slot_prefix(block, slot):
     return f"encoder.layer.{block}.{SLOT_PATH[slot]}."
 
 
-def adapter_rows(encoder, name, config, stored_name=None):
-    """Rows `(key, keras_shape, transform, (block, slot, sublayer, attr))` of an adapter."""
-    stored_name = stored_name or name
+def adapter_locations(encoder, config):
+    """`Location`s of every variable of an adapter with `config` in `encoder`."""
     h = encoder.hidden_size
-    rows = []
+    out = []
     for i in range(encoder.num_layers):
         if not config.in_block(i):
             continue
         b = config.bottleneck_size(h, i)
+        down = "adapter_down.1." if config.ln_before else "adapter_down.0."
         for slot in config.slots():
-            p = _slot_prefix(i, slot) + f"adapters.{stored_name}."
-            down = "adapter_down.1." if config.ln_before else "adapter_down.0."
-            loc = (i, slot)
             if config.ln_before:
-                rows.append((p + "adapter_down.0.weight", (h,), None, loc + ("norm_before", "gamma")))
-                rows.append((p + "adapter_down.0.bias", (h,), None, loc + ("norm_before", "beta")))
-            rows.append((p + down + "weight", (h, b), "transpose", loc + ("down", "kernel")))
-            rows.append((p + down + "bias", (b,), None, loc + ("down", "bias")))
-            rows.append((p + "adapter_up.weight", (b, h), "transpose", loc + ("up", "kernel")))
-            rows.append((p + "adapter_up.bias", (h,), None, loc + ("up", "bias")))
+                out.append(Location(i, slot, "norm_before", "gamma", (h,), "adapter_down.0.weight", None))
+                out.append(Location(i, slot, "norm_before", "beta", (h,), "adapter_down.0.bias", None))
+            out.append(Location(i, slot, "down", "kernel", (h, b), down + "weight", "transpose"))
+            out.append(Location(i, slot, "down", "bias", (b,), down + "bias", None))
+            out.append(Location(i, slot, "up", "kernel", (b, h), "adapter_up.weight", "transpose"))
+            out.append(Location(i, slot, "up", "bias", (h,), "adapter_up.bias", None))
             if config.ln_after:
-                rows.append((p + "adapter_norm_after.weight", (h,), None, loc + ("norm_after", "gamma")))
-                rows.append((p + "adapter_norm_after.bias", (h,), None, loc + ("norm_after", "beta")))
+                out.append(Location(i, slot, "norm_after", "gamma", (h,), "adapter_norm_after.weight", None))
+                out.append(Location(i, slot, "norm_after", "beta", (h,), "adapter_norm_after.bias", None))
             if config.scaling == "learned":
-                rows.append((p + "scaling", (1,), None, loc + (None, "scale")))
+                out.append(Location(i, slot, None, "scale", (1,), "scaling", None))
             elif config.scaling == "channel":
-                rows.append((p + "scaling", (h,), None, loc + (None, "scale")))
-    return rows
+                out.append(Location(i, slot, None, "scale", (h,), "scaling", None))
+    return out
 
 
-def _adapter_aliases(rows):
-    """AdapterHub also stores `adapter_norm_before.*`, the same tensors as `adapter_down.0.*`."""
-    aliases = {}
-    for key, _, _, loc in rows:
-        if loc[2] == "norm_before":
-            alias = key.replace("adapter_down.0.", "adapter_norm_before.")
-            aliases[alias] = key
-    return aliases
-
-
-def fusion_rows(encoder, names, config):
-    """Rows of a fusion layer over `names` (AdapterHub key names)."""
-    key = fusion_key(names)
+def fusion_locations(encoder, adapter_names, config):
+    """`Location`s of every variable of a fusion over `adapter_names` with `config`."""
     h = encoder.hidden_size
-    slots = encoder.adapter_configs[names[0]].slots() if names[0] in encoder.adapter_configs else ["output"]
-    rows = []
+    slots = encoder.adapter_configs[adapter_names[0]].slots()
+    out = []
     for i in range(encoder.num_layers):
         for slot in slots:
-            p = _slot_prefix(i, slot) + f"adapter_fusion_layer.{key}."
-            loc = (i, slot)
             for part, attr in (("query", "query_dense"), ("key", "key_dense")):
                 if getattr(config, part):
-                    rows.append((p + part + ".weight", (h, h), "transpose", loc + (attr, "kernel")))
-                    rows.append((p + part + ".bias", (h,), None, loc + (attr, "bias")))
+                    out.append(Location(i, slot, attr, "kernel", (h, h), part + ".weight", "transpose"))
+                    out.append(Location(i, slot, attr, "bias", (h,), part + ".bias", None))
             if config.value:
-                rows.append((p + "value.weight", (h, h), "transpose", loc + ("value_dense", "kernel")))
-    return rows
+                out.append(Location(i, slot, "value_dense", "kernel", (h, h), "value.weight", "transpose"))
+    return out
 
 
-def head_rows(name, num_layers, has_activation, hidden, num_labels, use_bias):
-    """Rows of an AdapterHub classification head, as `(key, shape, transform, (dense_index, attr))`."""
+def module_variable(encoder, loc, kind, key):
+    """The variable at `loc` of adapter (`kind="adapter"`) or fusion `key` of `encoder`."""
+    block = encoder.blocks[loc.block]
+    layers = block.adapter_layers(key) if kind == "adapter" else block.fusion_layers(key)
+    layer = layers[loc.slot]
+    owner = layer if loc.sub is None else getattr(layer, loc.sub)
+    return getattr(owner, loc.attr)
+
+
+def _target(encoder, loc, kind, key):
+    return lambda: module_variable(encoder, loc, kind, key)
+
+
+def adapter_rows(encoder, name, config, stored_name=None):
+    """`WeightRow`s of adapter `name` (keys as AdapterHub writes them for `stored_name`, without prefix)."""
+    stored_name = stored_name or name
+    return [WeightRow(_slot_prefix(loc.block, loc.slot) + f"adapters.{stored_name}." + loc.hub, loc.shape,
+                      _target(encoder, loc, "adapter", name), loc.transform)
+            for loc in adapter_locations(encoder, config)]
+
+
+def _adapter_aliases(config, rows):
+    """With `ln_before`, AdapterHub stores the new LayerNorm twice: as `adapter_down.0.*` (the first
+    module of the down projection) and as `adapter_norm_before.*`. The first is loaded; the second
+    is its alias."""
+    if not config.ln_before:
+        return {}
+    return {row.key.replace(".adapter_down.0.", ".adapter_norm_before."): row.key
+            for row in rows if ".adapter_down.0." in row.key}
+
+
+def fusion_rows(encoder, adapter_names, config, key=None):
+    """`WeightRow`s of the fusion `key` over `adapter_names` (AdapterHub keys, without prefix)."""
+    key = key or fusion_key(adapter_names)
+    hub_key = ",".join(adapter_names)
+    return [WeightRow(_slot_prefix(loc.block, loc.slot) + f"adapter_fusion_layer.{hub_key}." + loc.hub, loc.shape,
+                      _target(encoder, loc, "fusion", key), loc.transform)
+            for loc in fusion_locations(encoder, list(adapter_names), config)]
+
+
+def head_rows(head, name, hidden):
+    """`WeightRow`s of a built classification head, as AdapterHub's `heads.{name}.{i}` keys.
+
+    AdapterHub's head is a `Sequential` of Dropout, Linear (and the activation
+    between hidden layers), so its Linear layers sit at indices 1, 4, 7, ... with
+    an activation (1, 3, 5, ... without).
+    """
     rows = []
     index = 0
-    for layer in range(num_layers):
+    for layer, dense in enumerate(head.dense_layers):
         index += 1  # the Dropout module before each Linear
-        last = layer == num_layers - 1
-        out = num_labels if last else hidden
-        rows.append((f"heads.{name}.{index}.weight", (hidden, out), "transpose", (layer, "kernel")))
-        if use_bias or not last:
-            rows.append((f"heads.{name}.{index}.bias", (out,), None, (layer, "bias")))
+        last = layer == head.num_layers - 1
+        out = head.num_labels if last else hidden
+        rows.append(WeightRow(f"heads.{name}.{index}.weight", (hidden, out), dense.kernel, "transpose"))
+        if dense.use_bias:
+            rows.append(WeightRow(f"heads.{name}.{index}.bias", (out,), dense.bias))
         index += 1
-        if not last and has_activation:
+        if not last and head.activation:
             index += 1
     return rows
 
 
-def _validate(rows, tensors, source, aliases=None):
-    """Check keys and shapes; return `[(row, array)]`. Raises before any change."""
-    aliases = aliases or {}
-    expected = {row[0] for row in rows}
-    missing = sorted(expected - set(tensors))
-    if missing:
-        raise CheckpointError(f"{source}: missing {len(missing)} tensor(s), e.g. {missing[:4]}.")
-    unknown = sorted(set(tensors) - expected - set(aliases))
-    if unknown:
-        raise CheckpointError(
-            f"{source}: unknown key(s) {unknown[:6]}" + (" ..." if len(unknown) > 6 else "")
-            + "; they do not belong to this module for this encoder."
-        )
-    staged = []
-    for row in rows:
-        key, shape, transform = row[0], row[1], row[2]
-        value = apply_transform(np.asarray(tensors[key]), transform)
-        if tuple(value.shape) != tuple(shape):
-            raise CheckpointError(
-                f"{source}: tensor {key!r} has shape {list(np.shape(tensors[key]))}; expected "
-                f"{list(shape[::-1]) if transform else list(shape)}."
-            )
-        staged.append((row, value))
-    return staged
-
-
-def _resolve_block_variable(encoder, loc, kind, name):
-    block_index, slot, sub, attr = loc
-    block = encoder.blocks[block_index]
-    layers = block.adapter_layers(name) if kind == "adapter" else block.fusion_layers(name)
-    layer = layers[slot]
-    owner = layer if sub is None else getattr(layer, sub)
-    return getattr(owner, attr)
-
-
-def _assign(staged, resolve):
-    for row, value in staged:
-        variable = resolve(row[3])
-        variable.assign(value.astype(variable.dtype))
-
-
 # ----------------------------------------------------------------- loading
-def _resolve_encoder(base_model, allow_pickle, **encoder_kwargs):
+def _resolve_encoder(base_model, **encoder_kwargs):
     if isinstance(base_model, TransformerEncoder):
         return base_model
-    return load_encoder(base_model, allow_pickle=allow_pickle, **encoder_kwargs)
+    return load_encoder(base_model, **encoder_kwargs)
 
 
-def load_adapter(encoder, adapter_dir, load_as=None, allow_pickle=False):
-    """Load an AdapterHub adapter directory into `encoder`. Returns the adapter name."""
-    config_path = os.path.join(os.fspath(adapter_dir), "adapter_config.json")
-    meta, tensors = _read_module(adapter_dir, "adapter_config.json", "adapter", "adapter", allow_pickle)
-    _check_meta(meta, config_path, encoder)
+def load_adapter(encoder, adapter_dir, load_as=None, allow_nonfinite=False):
+    """Load an AdapterHub adapter directory into `encoder`. Returns the adapter name.
+
+    Args:
+        encoder: a `TransformerEncoder`.
+        adapter_dir: the AdapterHub adapter directory.
+        load_as: the name to give the adapter (default: the stored name).
+        allow_nonfinite: load weights holding NaN or inf (refused by default).
+
+    Raises:
+        CheckpointError: naming the file and the field or tensor at fault; the
+            encoder is then unchanged.
+    """
+    path, meta, weights = _read_module(adapter_dir, "adapter_config.json", "adapter", "adapter")
+    _check_meta(meta, path, encoder)
     raw = dict(meta["config"])
     if "version" not in meta and raw.get("non_linearity") in _LEGACY_ACTIVATIONS:
         raw["non_linearity"] = _LEGACY_ACTIVATIONS[raw["non_linearity"]]
-    config = adapter_config_from_adapterhub(raw, config_path)
-    stored_name = meta.get("name")
-    if not stored_name:
-        raise CheckpointError(f"{config_path}: no 'name'; expected the adapter's name.")
-    name = load_as or stored_name
+    config = adapter_config_from_adapterhub(raw, f"{path}: config")
+    stored_name = _stored_name(meta, path, "adapter")
+    name = check_name(load_as, "load_as") if load_as is not None else stored_name
     if name in encoder.adapter_configs:
         raise CheckpointError(f"{adapter_dir}: the encoder already has an adapter {name!r}; pass load_as=...")
     for i in config.leave_out:
         if i >= encoder.num_layers:
-            raise CheckpointError(f"{config_path}: leave_out has block {i}; the encoder has {encoder.num_layers}.")
+            raise CheckpointError(f"{path}: leave_out has block {i}; the encoder has {encoder.num_layers}.")
     rows = adapter_rows(encoder, name, config, stored_name)
-    tensors = _strip_prefix(tensors, encoder.model_type)
-    staged = _validate(rows, tensors, os.fspath(adapter_dir), _adapter_aliases(rows))
+    staged = stage_weights(rows, _strip_prefix(weights.tensors, encoder.model_type), weights.path,
+                           ignore=_adapter_aliases(config, rows), allow_nonfinite=allow_nonfinite)
     encoder.add_adapter(name, config)
-    _assign(staged, lambda loc: _resolve_block_variable(encoder, loc, "adapter", name))
+    staged.assign()
     return name
 
 
-def load_fusion(encoder, fusion_dir, allow_pickle=False, regularization_weight=None):
+def load_fusion(encoder, fusion_dir, regularization_weight=None, name=None, allow_nonfinite=False):
     """Load an AdapterHub fusion directory into `encoder` (its adapters must be loaded).
 
-    Returns the list of fused adapter names, in the fusion's order.
+    Args:
+        encoder: a `TransformerEncoder` holding the fused adapters.
+        fusion_dir: the AdapterHub fusion directory.
+        regularization_weight: overrides the weight of the fusion's regularization.
+        name: a name for the fusion (see `TransformerEncoder.add_fusion`); by
+            default the one stored as `fusion_name` by this package's export, or
+            none (AdapterHub's key).
+        allow_nonfinite: load weights holding NaN or inf.
+
+    Returns:
+        The `AdapterSetup` that runs the fusion.
     """
-    config_path = os.path.join(os.fspath(fusion_dir), "adapter_fusion_config.json")
-    meta, tensors = _read_module(
-        fusion_dir, "adapter_fusion_config.json", "model_adapter_fusion", "fusion", allow_pickle
-    )
-    _check_meta(meta, config_path, encoder)
-    config = fusion_config_from_adapterhub(meta["config"], config_path)
+    path, meta, weights = _read_module(fusion_dir, "adapter_fusion_config.json", "model_adapter_fusion", "fusion")
+    _check_meta(meta, path, encoder)
+    config = fusion_config_from_adapterhub(meta["config"], f"{path}: config")
     if regularization_weight is not None:
         config = config.replace(regularization_weight=regularization_weight)
-    names = meta.get("adapter_names") or (meta.get("name") or "").split(",")
-    names = [n for n in names if n]
-    if not names:
-        raise CheckpointError(f"{config_path}: no 'adapter_names'; expected the fused adapters' names.")
-    missing = [n for n in names if n not in encoder.adapter_configs]
+    names = meta.get("adapter_names")
+    if names is None:
+        names = json_field(meta, "name", path, str, expected="the fused adapters' names joined by commas").split(",")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: field 'adapter_names' is {names!r}; expected a list of adapter names.")
+    stored = meta.get("fusion_name")
+    try:
+        setup = AdapterSetup.fuse(names, name if name is not None else stored)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    missing = [n for n in setup.adapters if n not in encoder.adapter_configs]
     if missing:
         raise CheckpointError(
-            f"{config_path}: fuses adapter(s) {missing} that are not loaded; loaded: {sorted(encoder.adapter_configs)}."
+            f"{path}: fuses adapter(s) {missing} that are not loaded; loaded: {sorted(encoder.adapter_configs)}."
         )
-    flags = {n: (encoder.adapter_configs[n].mh_adapter, encoder.adapter_configs[n].output_adapter) for n in names}
+    flags = {n: (encoder.adapter_configs[n].mh_adapter, encoder.adapter_configs[n].output_adapter)
+             for n in setup.adapters}
     if len(set(flags.values())) > 1:
         raise CheckpointError(
-            f"{config_path}: fused adapters have different slot flags (mh_adapter, output_adapter): {flags}; "
+            f"{path}: fused adapters have different slot flags (mh_adapter, output_adapter): {flags}; "
             "expected the same for all."
         )
-    rows = fusion_rows(encoder, names, config)
-    staged = _validate(rows, _strip_prefix(tensors, encoder.model_type), os.fspath(fusion_dir))
-    key = encoder.add_fusion(names, config)
-    _assign(staged, lambda loc: _resolve_block_variable(encoder, loc, "fusion", key))
-    return list(names)
+    if setup.fusion_key in encoder.fusion_specs:
+        raise CheckpointError(f"{fusion_dir}: the encoder already has the fusion {setup.fusion_key!r}; "
+                              "pass name=... to load it under another name.")
+    rows = fusion_rows(encoder, list(setup.adapters), config, setup.fusion_key)
+    staged = stage_weights(rows, _strip_prefix(weights.tensors, encoder.model_type), weights.path,
+                           allow_nonfinite=allow_nonfinite)
+    encoder.add_fusion(list(setup.adapters), config, name=setup.fusion_name)
+    staged.assign()
+    return setup
 
 
-def load_head(head_dir, encoder, allow_pickle=False):
-    """Load an AdapterHub classification head; returns `(ClassificationHead, name, label2id)`."""
-    config_path = os.path.join(os.fspath(head_dir), "head_config.json")
-    meta, tensors = _read_module(head_dir, "head_config.json", "model_head", "head", allow_pickle)
-    _check_meta(meta, config_path, encoder)
-    cfg = meta["config"]
-    head_type = cfg.get("head_type")
-    if head_type not in _HEAD_TYPES:
-        raise CheckpointError(f"{config_path}: head_type {head_type!r} is not supported; expected one of {list(_HEAD_TYPES)}.")
-    name = meta.get("name")
-    if not name:
-        raise CheckpointError(f"{config_path}: no 'name'; expected the head's name.")
+def _head_config(cfg, path, encoder):
+    """Checked arguments of a `ClassificationHead` from an AdapterHub head config."""
+    where = f"{path}: config"
+    head_type = json_field(cfg, "head_type", where, str, check=lambda v: v in _HEAD_TYPES,
+                           expected=f"one of {list(_HEAD_TYPES)}")
+    num_labels = json_field(cfg, "num_labels", where, int, check=lambda v: v >= 1, expected="an integer >= 1")
+    layers = json_field(cfg, "layers", where, int, default=2, check=lambda v: v >= 1, expected="an integer >= 1")
+    activation = json_field(cfg, "activation_function", where, (str, type(None)), default="tanh")
+    use_bias = json_field(cfg, "bias", where, bool, default=True)
+    dropout = json_field(cfg, "dropout_prob", where, (float, type(None)), default=None,
+                         check=lambda v: v is None or 0 <= v < 1, expected="a rate in [0, 1) or null")
+    use_pooler = json_field(cfg, "use_pooler", where, bool, default=False)
+    label2id = json_field(cfg, "label2id", where, (dict, type(None)), default=None)
+    if label2id is not None:
+        ids = list(label2id.values())
+        if (len(label2id) != num_labels or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+                or sorted(ids) != list(range(num_labels))):
+            raise CheckpointError(f"{where}: field 'label2id' is {label2id!r}; expected {num_labels} labels "
+                                  f"mapped to the ids 0..{num_labels - 1} (num_labels is {num_labels}).")
+    if use_pooler and not encoder.use_pooler:
+        raise CheckpointError(f"{where}: field 'use_pooler' is true but the encoder has no pooler.")
+    return dict(num_labels=num_labels, layers=layers, activation=activation or None,
+                dropout=encoder.hidden_dropout if dropout is None else dropout, use_pooler=use_pooler,
+                use_bias=use_bias, head_type=_HEAD_TYPES[head_type]), label2id
+
+
+def load_head(head_dir, encoder, allow_nonfinite=False):
+    """Load an AdapterHub classification head.
+
+    Returns:
+        `(ClassificationHead, name, label2id)`; `label2id` is `None` when the
+        file has none. A `"multilabel_classification"` head comes back with
+        `head_type="multilabel_classification"` (sigmoid cross-entropy).
+    """
+    path, meta, weights = _read_module(head_dir, "head_config.json", "model_head", "head")
+    _check_meta(meta, path, encoder)
+    name = _stored_name(meta, path, "head")
+    kwargs, label2id = _head_config(meta["config"], path, encoder)
     try:
-        num_labels, layers = int(cfg["num_labels"]), int(cfg.get("layers", 2))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{config_path}: bad num_labels/layers ({e}).") from e
-    activation = cfg.get("activation_function", "tanh")
-    use_bias = cfg.get("bias", True)
-    dropout = cfg.get("dropout_prob")
-    if dropout is None:
-        dropout = encoder.hidden_dropout
-    if cfg.get("use_pooler") and not encoder.use_pooler:
-        raise CheckpointError(f"{config_path}: use_pooler is true but the encoder has no pooler.")
-    rows = head_rows(name, layers, bool(activation), encoder.hidden_size, num_labels, use_bias)
-    staged = _validate(rows, tensors, os.fspath(head_dir))
-    try:
-        head = ClassificationHead(
-            num_labels=num_labels,
-            layers=layers,
-            activation=activation or None,
-            dropout=dropout,
-            use_pooler=bool(cfg.get("use_pooler", False)),
-            use_bias=use_bias,
-            dtype=encoder.dtype_policy,
-            name=f"head_{name}",
-        )
+        head = ClassificationHead(dtype=encoder.dtype_policy, name=f"head_{name}", **kwargs)
     except ValueError as e:
-        raise CheckpointError(f"{config_path}: {e}") from e
+        raise CheckpointError(f"{path}: {e}") from e
     head.build((None, None, encoder.hidden_size))
-    _assign(staged, lambda loc: getattr(head.dense_layers[loc[0]], loc[1]))
-    return head, name, cfg.get("label2id")
+    staged = stage_weights(head_rows(head, name, encoder.hidden_size), weights.tensors, weights.path,
+                           allow_nonfinite=allow_nonfinite)
+    staged.assign()
+    return head, name, label2id
 
 
-def load_adapter_model(base_model, adapter_dir, head_dir=None, allow_pickle=False, **encoder_kwargs):
+def load_adapter_model(base_model, adapter_dir, head_dir=None, **encoder_kwargs):
     """A model with one AdapterHub adapter (and head) on a Hugging Face encoder.
 
     Args:
         base_model: checkpoint directory, cached hub id, or a `TransformerEncoder`.
         adapter_dir: AdapterHub adapter directory.
         head_dir: AdapterHub head directory, or `None`.
-        allow_pickle: allow pickled `*.bin` weight files.
         **encoder_kwargs: passed to `load_encoder` (e.g. `dtype`).
 
     Returns:
         An `AdapterModel` returning `last_hidden_state` (and `logits` with a head).
     """
-    encoder = _resolve_encoder(base_model, allow_pickle, **encoder_kwargs)
-    name = load_adapter(encoder, adapter_dir, allow_pickle=allow_pickle)
-    head = load_head(head_dir, encoder, allow_pickle)[0] if head_dir is not None else None
+    encoder = _resolve_encoder(base_model, **encoder_kwargs)
+    name = load_adapter(encoder, adapter_dir)
+    head = load_head(head_dir, encoder)[0] if head_dir is not None else None
     return AdapterModel(encoder, head, adapter_setup=name, name="adapter_model")
 
 
-def load_fusion_model(
-    base_model, adapter_dirs, fusion_dir, head_dir=None, allow_pickle=False, reference_form=False, **encoder_kwargs
-):
+def load_fusion_model(base_model, adapter_dirs, fusion_dir, head_dir=None, reference_form=False, **encoder_kwargs):
     """A model with AdapterHub adapters, their fusion and (optionally) a head.
 
     Args:
@@ -426,7 +476,6 @@ def load_fusion_model(
         adapter_dirs: AdapterHub adapter directories (every adapter the fusion uses).
         fusion_dir: AdapterHub fusion directory.
         head_dir: AdapterHub head directory, or `None`.
-        allow_pickle: allow pickled `*.bin` weight files.
         reference_form: compute fusion in AdapterHub's literal form.
         **encoder_kwargs: passed to `load_encoder`.
 
@@ -442,12 +491,12 @@ def load_fusion_model(
         raise CheckpointError("load_fusion_model: adapter_dirs is empty; expected the fused adapters' directories.")
     if not isinstance(base_model, TransformerEncoder):
         encoder_kwargs.setdefault("fusion_reference_form", reference_form)
-    encoder = _resolve_encoder(base_model, allow_pickle, **encoder_kwargs)
+    encoder = _resolve_encoder(base_model, **encoder_kwargs)
     for d in adapter_dirs:
-        load_adapter(encoder, d, allow_pickle=allow_pickle)
-    names = load_fusion(encoder, fusion_dir, allow_pickle=allow_pickle)
-    head = load_head(head_dir, encoder, allow_pickle)[0] if head_dir is not None else None
-    return AdapterModel(encoder, head, adapter_setup=names, name="fusion_model")
+        load_adapter(encoder, d)
+    setup = load_fusion(encoder, fusion_dir)
+    head = load_head(head_dir, encoder)[0] if head_dir is not None else None
+    return AdapterModel(encoder, head, adapter_setup=setup, name="fusion_model")
 
 
 # ------------------------------------------------------------------ saving
@@ -463,72 +512,78 @@ def _meta(encoder, name, config, model_name):
     }
 
 
-def _prefixed(encoder, tensors):
-    prefix = BASE_PREFIX.get(encoder.model_type, "bert") + "."
-    return {prefix + k: v for k, v in tensors.items()}
-
-
-def _export_rows(rows, resolve):
-    out = {}
-    for key, _, transform, loc in rows:
-        value = np.asarray(resolve(loc), dtype=np.float32)
-        out[key] = np.ascontiguousarray(value.T if transform == "transpose" else value)
-    return out
-
-
-def _write_module(directory, config_name, meta, weights_name, tensors):
+def _write_module(directory, kind, config_name, meta, weights_name, tensors):
     from safetensors.numpy import save_file
 
-    with atomic_directory(directory) as tmp:
+    with write_directory(directory, kind) as tmp:
         write_json(os.path.join(tmp, config_name), meta)
         save_file(tensors, os.path.join(tmp, weights_name), metadata={"format": "pt"})
 
 
+def _prefixed(encoder, tensors):
+    prefix = CONVERTERS[encoder.model_type].prefix
+    return {prefix + k: v for k, v in tensors.items()}
+
+
 def save_adapter(encoder, name, directory, model_name=None):
-    """Save adapter `name` of `encoder` in AdapterHub's layout (atomically)."""
+    """Save adapter `name` of `encoder` in AdapterHub's layout (atomically; see `io.write_directory`)."""
     if name not in encoder.adapter_configs:
         raise ValueError(f"save_adapter: no adapter {name!r}; expected one of {sorted(encoder.adapter_configs)}.")
     config = encoder.adapter_configs[name]
     rows = adapter_rows(encoder, name, config)
-    tensors = _export_rows(rows, lambda loc: _resolve_block_variable(encoder, loc, "adapter", name))
-    for alias, key in _adapter_aliases(rows).items():
+    tensors = gather_weights(rows)
+    for alias, key in _adapter_aliases(config, rows).items():
         tensors[alias] = tensors[key]
     meta = _meta(encoder, name, adapter_config_to_adapterhub(config), model_name)
-    _write_module(directory, "adapter_config.json", meta, "adapter.safetensors", _prefixed(encoder, tensors))
+    _write_module(directory, "adapterhub-adapter", "adapter_config.json", meta, "adapter.safetensors",
+                  _prefixed(encoder, tensors))
 
 
-def save_fusion(encoder, adapter_names, directory, model_name=None):
-    """Save the fusion over `adapter_names` in AdapterHub's layout (atomically)."""
-    key = fusion_key(adapter_names)
-    if key not in encoder.fusion_specs:
-        raise ValueError(f"save_fusion: no fusion {key!r}; expected one of {sorted(encoder.fusion_specs)}.")
-    config = encoder.fusion_specs[key]["config"]
-    rows = fusion_rows(encoder, list(adapter_names), config)
-    tensors = _export_rows(rows, lambda loc: _resolve_block_variable(encoder, loc, "fusion", key))
-    meta = _meta(encoder, key, fusion_config_to_adapterhub(config), model_name)
-    meta["adapter_names"] = list(adapter_names)
-    _write_module(
-        directory, "adapter_fusion_config.json", meta, "model_adapter_fusion.safetensors", _prefixed(encoder, tensors)
-    )
+def save_fusion(encoder, fusion, directory, model_name=None):
+    """Save a fusion (its key, `AdapterSetup`, or adapters' names) in AdapterHub's layout (atomically).
+
+    A named fusion is written under AdapterHub's key (its adapters' names joined
+    by commas), so AdapterHub loads it; its name is kept in the config's
+    `fusion_name` field, which `load_fusion` reads back.
+    """
+    key = encoder.fusion_key(fusion)
+    spec = encoder.fusion_specs[key]
+    names = list(spec["adapters"])
+    rows = fusion_rows(encoder, names, spec["config"], key)
+    meta = _meta(encoder, ",".join(names), fusion_config_to_adapterhub(spec["config"]), model_name)
+    meta["adapter_names"] = names
+    if spec["name"] is not None:
+        meta["fusion_name"] = spec["name"]
+    _write_module(directory, "adapterhub-fusion", "adapter_fusion_config.json", meta,
+                  "model_adapter_fusion.safetensors", _prefixed(encoder, gather_weights(rows)))
 
 
 def save_head(head, name, directory, encoder, label2id=None, model_name=None):
-    """Save a `ClassificationHead` in AdapterHub's layout (atomically)."""
-    if not isinstance(head, ClassificationHead) or not head.built:
+    """Save a `ClassificationHead` in AdapterHub's layout (atomically).
+
+    `label2id` defaults to the head's own label names (`head.label_names`) when
+    it has them, else `LABEL_0`, `LABEL_1`, ...
+    """
+    if not isinstance(head, ClassificationHead) or type(head) is not ClassificationHead or not head.built:
         raise ValueError(f"save_head: got {type(head).__name__}; expected a built ClassificationHead.")
-    rows = head_rows(
-        name, head.num_layers, bool(head.activation), encoder.hidden_size, head.num_labels, head.use_bias
-    )
-    tensors = _export_rows(rows, lambda loc: getattr(head.dense_layers[loc[0]], loc[1]))
+    check_name(name, "head name")
+    head_type = {v: k for k, v in _HEAD_TYPES.items()}.get(head.head_type)
+    if head_type is None:
+        raise ValueError(f"save_head: a {head.head_type!r} head has no AdapterHub counterpart; expected one of "
+                         f"{list(_HEAD_TYPES.values())}.")
+    if label2id is None:
+        names = getattr(head, "label_names", None) or [f"LABEL_{i}" for i in range(head.num_labels)]
+        label2id = {n: i for i, n in enumerate(names)}
     config = {
         "activation_function": head.activation,
         "bias": head.use_bias,
         "dropout_prob": head.dropout,
-        "head_type": "classification",
-        "label2id": label2id or {f"LABEL_{i}": i for i in range(head.num_labels)},
+        "head_type": head_type,
+        "label2id": label2id,
         "layers": head.num_layers,
         "num_labels": head.num_labels,
         "use_pooler": head.use_pooler,
     }
     meta = _meta(encoder, name, config, model_name)
-    _write_module(directory, "head_config.json", meta, "model_head.safetensors", tensors)
+    _write_module(directory, "adapterhub-head", "head_config.json", meta, "model_head.safetensors",
+                  gather_weights(head_rows(head, name, encoder.hidden_size)))

@@ -6,24 +6,25 @@ Example:
 from keras_adapterfusion import analysis
 
 mean = analysis.collect_fusion_attentions(fusion_model, validation_data)   # [blocks, adapters]
-analysis.plot_fusion_heatmap(mean, fusion_model.adapter_setup, "fusion_heatmap.png")
+analysis.plot_fusion_heatmap(mean, fusion_model.adapter_setup.adapters, "fusion_heatmap.png")
 fusion_model.fit(train, callbacks=[analysis.FusionAttentionCallback(validation_data, "attn/")])
 ```
 """
 
-import json
 import os
 
 import keras
 import numpy as np
 
+from keras_adapterfusion.io.files import write_json
 
-def _fused_names(model):
+
+def _fusion_setup(model):
     setup = getattr(model, "adapter_setup", None)
-    if not isinstance(setup, list):
+    if setup is None or setup.kind != "fuse":
         raise ValueError(
-            f"fusion attentions: model {getattr(model, 'name', model)!r} has adapter_setup {setup!r}; "
-            "expected a fusion (a list of adapter names)."
+            f"fusion attentions: model {getattr(model, 'name', model)!r} runs adapter setup {str(setup)!r}; "
+            "expected a fusion."
         )
     return setup
 
@@ -42,7 +43,7 @@ def collect_fusion_attentions(model, dataset, steps=None, slot="output", verbose
     Returns:
         A numpy array `[blocks, adapters]`; each row sums to 1.
     """
-    names = _fused_names(model)
+    setup = _fusion_setup(model)
     key = "fusion_attentions" if slot == "output" else "mh_fusion_attentions"
     total, count = None, 0.0
     progbar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
@@ -51,7 +52,7 @@ def collect_fusion_attentions(model, dataset, steps=None, slot="output", verbose
             break
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = {k: v for k, v in x.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out = model.encoder(x, adapter_setup=names, training=False)
+        out = model.encoder(x, adapter_setup=setup, training=False)
         if key not in out:
             raise ValueError(f"fusion attentions: the fused adapters have no {slot!r} slot.")
         probs = np.asarray(keras.ops.convert_to_numpy(out[key]), dtype=np.float64)  # [L, B, T, N]
@@ -118,11 +119,10 @@ class FusionAttentionCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        names = _fused_names(self.model)
+        names = list(_fusion_setup(self.model).adapters)
         mean = collect_fusion_attentions(self.model, self.dataset, self.steps, verbose=0)
         os.makedirs(self.directory, exist_ok=True)
         stem = os.path.join(self.directory, f"epoch_{epoch + 1}")
         plot_fusion_heatmap(mean, names, stem + ".png", title=f"AdapterFusion attention, epoch {epoch + 1}")
-        with open(stem + ".json", "w") as f:
-            json.dump({"adapters": names, "mean_attention": mean.tolist()}, f, indent=1)
+        write_json(stem + ".json", {"adapters": names, "mean_attention": mean.tolist()})
         self.history.append(mean)

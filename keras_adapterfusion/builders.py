@@ -14,10 +14,10 @@ stage 1 trained, with no copies.
 | MT-A | `build_multitask_model` | one adapter + head per task, together |
 | Fusion w/ ST-A or MT-A | `build_fusion_model` | fusion layers + a new head (optionally the adapters) |
 
-This module is the only place that decides trainable flags. A model stores its
-stage's *trainable spec* (`{"encoder", "pooler", "adapters", "fusions", "heads"}`)
-in its config and re-applies it when it is built, loaded from `.keras`, or fit,
-so models that share an encoder each train their own weights.
+Each builder gives its model the stage's *trainable spec*
+(`keras_adapterfusion.trainable`); the model stores it in its config and
+re-applies it when it is built, loaded from `.keras`, or fit, so models that
+share an encoder each train their own weights.
 
 Example:
 
@@ -34,10 +34,10 @@ fusion = builders.build_fusion_model(encoder, ["sentiment", "nli"], num_labels=3
 from keras_adapterfusion.backbones.huggingface import load_encoder
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
 from keras_adapterfusion.configs import AdapterConfig
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 from keras_adapterfusion.layers.classification_head import ClassificationHead
-from keras_adapterfusion.layers.transformer_block import fusion_key, fusion_names
-
-SPEC_KEYS = ("encoder", "pooler", "adapters", "fusions", "heads")
+from keras_adapterfusion.models import AdapterModel, MultiTaskModel
+from keras_adapterfusion.trainable import make_spec
 
 
 def resolve_encoder(encoder, **load_kwargs):
@@ -59,101 +59,11 @@ def resolve_head(head, num_labels):
     return head
 
 
-def make_spec(encoder=False, pooler=False, adapters=(), fusions=(), heads=True):
-    return {
-        "encoder": bool(encoder),
-        "pooler": bool(pooler),
-        "adapters": sorted(adapters),
-        "fusions": sorted(fusions),
-        "heads": bool(heads),
-    }
-
-
-def check_spec(spec):
-    if not isinstance(spec, dict) or set(spec) != set(SPEC_KEYS):
-        raise ValueError(f"trainable_spec: got {spec!r}; expected a dict with keys {list(SPEC_KEYS)}.")
-    return spec
-
-
-def apply_trainable_spec(encoder, heads, spec):
-    """Set the trainable flags of `encoder`'s layers and of `heads` from `spec`.
-
-    Flags are set on leaf layers (embeddings, each dense / norm of each block,
-    each adapter, each fusion, the pooler, the heads); the encoder and its blocks
-    stay trainable containers, since Keras hides every weight under a
-    non-trainable parent.
-    """
-    check_spec(spec)
-    encoder.trainable = True
-    base = spec["encoder"]
-    encoder.embeddings.trainable = base
-    if encoder.use_pooler:
-        encoder.pooler.trainable = base and spec["pooler"]
-    adapters, fusions = set(spec["adapters"]), set(spec["fusions"])
-    for block in encoder.blocks:
-        for layer in block.base_layers():
-            layer.trainable = base
-        for container in (block.mh_adapters, block.output_adapters):
-            for name, layer in container.items():
-                layer.trainable = name in adapters
-        for container in (block.mh_fusions, block.output_fusions):
-            for key, layer in container.items():
-                layer.trainable = key in fusions
-    for head in heads:
-        head.trainable = spec["heads"]
-
-
-def _creation_trainable(layer):
-    """Variables of `layer` and its sublayers that were created trainable.
-
-    Unlike `layer.trainable_weights`, this does not depend on the current flags,
-    which another model on the same encoder may have changed.
-    """
-    out = []
-    for sub in layer._flatten_layers(include_self=True):
-        out.extend(sub._trainable_variables)
-    return out
-
-
-def spec_layers(encoder, heads, spec):
-    """The layers whose weights `spec` trains."""
-    check_spec(spec)
-    layers = []
-    if spec["encoder"]:
-        layers.append(encoder.embeddings)
-        if encoder.use_pooler and spec["pooler"]:
-            layers.append(encoder.pooler)
-    adapters, fusions = set(spec["adapters"]), set(spec["fusions"])
-    for block in encoder.blocks:
-        if spec["encoder"]:
-            layers.extend(block.base_layers())
-        for container in (block.mh_adapters, block.output_adapters):
-            layers.extend(layer for name, layer in container.items() if name in adapters)
-        for container in (block.mh_fusions, block.output_fusions):
-            layers.extend(layer for key, layer in container.items() if key in fusions)
-    if spec["heads"]:
-        layers.extend(heads)
-    return layers
-
-
-def spec_trainable_weights(encoder, heads, spec):
-    """The weights a model with `spec` trains, whatever the current flags say."""
-    out, seen = [], set()
-    for layer in spec_layers(encoder, heads, spec):
-        for v in _creation_trainable(layer):
-            if id(v) not in seen:
-                seen.add(id(v))
-                out.append(v)
-    return out
-
-
 def _uses_pooler(heads):
     return any(getattr(h, "use_pooler", False) for h in heads)
 
 
 def _model(encoder, head, adapter_setup, spec, name):
-    from keras_adapterfusion.models import AdapterModel
-
     return AdapterModel(encoder, head, adapter_setup=adapter_setup, output_key="logits", trainable_spec=spec,
                         name=name)
 
@@ -211,8 +121,6 @@ def build_multitask_model(encoder, heads, adapter_config=None, name="mt_a", **lo
         A `MultiTaskModel`; feed it batches that each come from one task, with a
         `task_id` input (see `keras_adapterfusion.tasks.mix_task_datasets`).
     """
-    from keras_adapterfusion.models import MultiTaskModel
-
     encoder = resolve_encoder(encoder, **load_kwargs)
     if not isinstance(heads, dict) or len(heads) < 2:
         raise ValueError(f"build_multitask_model: heads must map two or more task names to heads; got {heads!r}.")
@@ -225,24 +133,29 @@ def build_multitask_model(encoder, heads, adapter_config=None, name="mt_a", **lo
 
 
 def build_fusion_model(encoder, adapter_names, head=None, num_labels=None, fusion_config="dynamic",
-                       unfreeze_adapters=False, name="fusion", **load_kwargs):
+                       unfreeze_adapters=False, fusion_name=None, name="fusion", **load_kwargs):
     """Stage 2, Fusion w/ ST-A or w/ MT-A: fusion layers and a new head train.
 
     The adapters must already be in the encoder (trained in stage 1, or loaded);
     the fusion over them is added unless it exists. With `unfreeze_adapters` the
-    adapters train too.
+    adapters train too. `fusion_name` names the fusion, so that several fusions
+    over the same adapters (for different targets) can share the encoder; without
+    it the fusion is keyed as AdapterHub keys it.
     """
     encoder = resolve_encoder(encoder, **load_kwargs)
-    names = list(fusion_names(adapter_names))
+    setup = AdapterSetup.fuse(adapter_names, fusion_name)
+    names = list(setup.adapters)
     missing = [n for n in names if n not in encoder.adapter_configs]
     if missing:
         raise ValueError(
             f"build_fusion_model: adapter(s) {missing} are not in the encoder; expected names from "
             f"{sorted(encoder.adapter_configs)} (train or load them first)."
         )
-    key = fusion_key(names)
-    if key not in encoder.fusion_specs:
-        encoder.add_fusion(names, fusion_config)
+    if setup.fusion_key not in encoder.fusion_specs:
+        encoder.add_fusion(names, fusion_config, name=fusion_name)
+    elif encoder.fusion_specs[setup.fusion_key]["adapters"] != names:
+        raise ValueError(f"build_fusion_model: the fusion {setup.fusion_key!r} fuses "
+                         f"{encoder.fusion_specs[setup.fusion_key]['adapters']}; got {names}.")
     head = resolve_head(head, num_labels)
-    spec = make_spec(adapters=names if unfreeze_adapters else (), fusions=[key], heads=True)
-    return _model(encoder, head, names, spec, name)
+    spec = make_spec(adapters=names if unfreeze_adapters else (), fusions=[setup.fusion_key], heads=True)
+    return _model(encoder, head, setup, spec, name)

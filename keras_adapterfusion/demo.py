@@ -17,12 +17,13 @@ Sizes: `quick` (a first look; measured 4.1 minutes on 2 CPU cores), `default`
 """
 
 import dataclasses
-import json
 import os
 import platform
 import time
 
 import numpy as np
+
+from keras_adapterfusion.io import check_destination, write_directory, write_json
 
 SOURCES = ("vader_movie", "subjectivity", "bbc_topic")
 TARGET = "vader_tweets"
@@ -85,7 +86,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
     sources = tuple(sources or cfg.sources)
     for name in (*sources, target):
         get_task(name)
-    os.makedirs(output_dir, exist_ok=True)
+    check_destination(output_dir, "demo")  # before the work, not after it
     started = time.time()
     tokenizer = load_tokenizer(encoder_path)
     results = {
@@ -161,9 +162,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
                         cfg.lr_fusion)
         if heatmap is None:
             mean = analysis.collect_fusion_attentions(fusion, make_ds(test_enc, test_y, 64), verbose=0)
-            heatmap = {"adapters": [*sources, f"{target} (ST-A)"], "mean_attention": mean.tolist()}
-            analysis.plot_fusion_heatmap(mean, heatmap["adapters"], os.path.join(output_dir, "fusion_heatmap.png"),
-                                         title=f"AdapterFusion attention on {target} (seed {seed})")
+            heatmap = {"adapters": [*sources, f"{target} (ST-A)"], "mean_attention": mean.tolist(), "seed": seed}
 
     main_metric = target_task.metrics[0]
     results["summary"] = {}
@@ -174,12 +173,15 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
                                      "values": values.tolist()}
     results["fusion_attention"] = heatmap
     results["seconds"] = round(time.time() - started, 1)
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
     table = results_table(results)
     print(table, flush=True)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(report_markdown(results, table))
+    with write_directory(output_dir, "demo") as tmp:
+        write_json(os.path.join(tmp, "results.json"), results)
+        with open(os.path.join(tmp, "report.md"), "w") as f:
+            f.write(report_markdown(results, table))
+        analysis.plot_fusion_heatmap(np.asarray(heatmap["mean_attention"]), heatmap["adapters"],
+                                     os.path.join(tmp, "fusion_heatmap.png"),
+                                     title=f"AdapterFusion attention on {target} (seed {heatmap['seed']})")
     return results
 
 

@@ -33,13 +33,16 @@ export_saved_model({"sentiment": m1, "topic": m2}, "export", model_name="tasks")
 ```
 """
 
-import json
 import os
 import shutil
+import tempfile
 
 import keras
 
-from keras_adapterfusion.fileio import atomic_directory, write_json
+from keras_adapterfusion.errors import ExportError
+from keras_adapterfusion.inputs import limits_of, tf_assertions
+from keras_adapterfusion.io import atomic_file, write_directory, write_json
+from keras_adapterfusion.names import check_name
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 INPUT_DTYPES = ("int32", "int64")
@@ -56,10 +59,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "config.json",
 )
-
-
-class ExportError(ValueError):
-    """The model or the export directory does not allow an export; the message says why."""
 
 
 def _check_model(task, model):
@@ -92,7 +91,7 @@ def _label_map(tasks, label_names):
         names = label_names.get(task) if isinstance(label_names, dict) else label_names
         n = getattr(model.head, "num_choices", None) or getattr(model.head, "num_labels", 1)
         if names is None:
-            names = [str(i) for i in range(n)]
+            names = getattr(model.head, "label_names", None) or [str(i) for i in range(n)]
         names = list(names)
         if _problem(model) not in ("regression",) and len(names) != n:
             raise ExportError(f"export: task {task!r} has {n} outputs but {len(names)} label names: {names}.")
@@ -100,20 +99,39 @@ def _label_map(tasks, label_names):
     return out
 
 
-def _tokenizer_files(tokenizer):
-    """Paths of the tokenizer files to ship: from a checkpoint directory or a tokenizer object."""
+def _tokenizer_files(tokenizer, encoder, scratch):
+    """Paths of the tokenizer files to ship, from a checkpoint directory or a tokenizer object
+    (saved into `scratch`), after checking that its vocabulary fits the encoder's."""
     if tokenizer is None:
         return {}
     if isinstance(tokenizer, (str, os.PathLike)):
-        from keras_adapterfusion.backbones.huggingface import resolve_checkpoint
+        from keras_adapterfusion.backbones.huggingface import load_tokenizer, resolve_checkpoint
 
         directory = resolve_checkpoint(tokenizer)
-        return {f: os.path.join(directory, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))}
-    import tempfile
+        files = {f: os.path.join(directory, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))}
+        tokenizer = load_tokenizer(directory)
+    else:
+        tokenizer.save_pretrained(scratch)
+        files = {f: os.path.join(scratch, f) for f in os.listdir(scratch) if os.path.isfile(os.path.join(scratch, f))}
+    _check_tokenizer(tokenizer, encoder)
+    return files
 
-    tmp = tempfile.mkdtemp(prefix="kaf-tokenizer-")
-    tokenizer.save_pretrained(tmp)
-    return {f: os.path.join(tmp, f) for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f))}
+
+def _check_tokenizer(tokenizer, encoder):
+    """Refuse a tokenizer that would produce ids outside the encoder's tables."""
+    size = len(tokenizer)
+    if size > encoder.vocab_size:
+        raise ExportError(f"export: the tokenizer has {size} tokens but the encoder's vocabulary holds "
+                          f"{encoder.vocab_size}; expected the encoder's own tokenizer.")
+    source = getattr(tokenizer, "name_or_path", "") or ""
+    config = os.path.join(source, "config.json") if os.path.isdir(source) else None
+    if config and os.path.isfile(config):
+        from keras_adapterfusion.io import read_json
+
+        found = read_json(config, "tokenizer's model config").get("vocab_size")
+        if isinstance(found, int) and found != encoder.vocab_size:
+            raise ExportError(f"export: the tokenizer comes from a model with vocab_size {found} ({config}); the "
+                              f"encoder's is {encoder.vocab_size}. Expected the encoder's own tokenizer.")
 
 
 def _outputs(tf, model, logits, prefix=""):
@@ -134,7 +152,9 @@ def _outputs(tf, model, logits, prefix=""):
 def _run(tf, model, inputs, attentions):
     from keras_adapterfusion.models import _flatten_choices
 
-    x = {k: tf.cast(v, tf.int32) for k, v in inputs.items()}
+    # Invalid ids fail the request (TF Serving: INVALID_ARGUMENT) with a message naming the input.
+    with tf.control_dependencies(tf_assertions(tf, inputs, limits_of(model))):
+        x = {k: tf.cast(v, tf.int32) for k, v in inputs.items()}
     if getattr(model.head, "flattens_choices", False):
         x = _flatten_choices(x)
     out = model.encoder(x, adapter_setup=model.adapter_setup, training=False)
@@ -190,8 +210,10 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
         raise ExportError("export: the task models use different encoders; expected one shared encoder.")
     if input_dtype not in INPUT_DTYPES:
         raise ExportError(f"export: input_dtype {input_dtype!r}; expected one of {list(INPUT_DTYPES)}.")
-    if not isinstance(model_name, str) or not model_name or os.sep in model_name:
-        raise ExportError(f"export: model_name {model_name!r}; expected a plain directory name.")
+    try:
+        check_name(model_name, "export: model_name")
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     model_dir = os.path.join(os.fspath(export_dir), model_name)
     version = _next_version(model_dir) if version is None else version
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -200,7 +222,8 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
     if os.path.exists(version_dir) and (not os.path.isdir(version_dir) or os.listdir(version_dir)):
         raise ExportError(f"export: {version_dir} exists and is not empty; pick another version.")
     label_map = _label_map(tasks, label_names)
-    asset_files = _tokenizer_files(tokenizer)
+    scratch = tempfile.TemporaryDirectory(prefix="kaf-tokenizer-")
+    asset_files = _tokenizer_files(tokenizer, next(iter(tasks.values())).encoder, scratch.name)
 
     archive = keras.export.ExportArchive()
     for m in tasks.values():
@@ -229,10 +252,9 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
                 results, shared = {}, {}
                 for t in names:
                     m = tasks[t]
-                    key = json.dumps(m.adapter_setup)
-                    if key not in shared:  # one encoder pass per distinct adapter setup
-                        shared[key] = _run(tf, m, inputs, include_fusion_attentions)[0]
-                    out = shared[key]
+                    if m.adapter_setup not in shared:  # one encoder pass per distinct adapter setup
+                        shared[m.adapter_setup] = _run(tf, m, inputs, include_fusion_attentions)[0]
+                    out = shared[m.adapter_setup]
                     logits = m.head(out["last_hidden_state"], out.get("pooler_output"), training=False)
                     results.update(_outputs(tf, m, logits, prefix=f"{t}_"))
                 return results
@@ -240,7 +262,7 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
             archive.add_endpoint(ALL_TASKS, serve_all, _signature(tf, tasks, dtype, choices[first]))
 
     os.makedirs(model_dir, exist_ok=True)
-    with atomic_directory(version_dir, overwrite=True) as tmp:
+    with scratch, write_directory(version_dir, "saved-model", replace=False) as tmp:
         archive.write_out(tmp, verbose=verbose)
         assets = os.path.join(tmp, "assets")
         os.makedirs(assets, exist_ok=True)
@@ -295,8 +317,6 @@ def models_config_text(export_dir, base_path=None):
 def write_models_config_file(export_dir):
     """Write `models.config` (local paths) and `models.docker.config` (paths under /models)."""
     for filename, base in (("models.config", None), ("models.docker.config", "/models")):
-        path = os.path.join(os.fspath(export_dir), filename)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(models_config_text(export_dir, base))
-        os.replace(tmp, path)
+        with atomic_file(os.path.join(os.fspath(export_dir), filename)) as tmp:
+            with open(tmp, "w") as f:
+                f.write(models_config_text(export_dir, base))

@@ -1,29 +1,19 @@
 """Keras models over a shared `TransformerEncoder`: `AdapterModel` and `MultiTaskModel`."""
 
 import contextlib
+import os
 
 import keras
 from keras import ops
 
-from keras_adapterfusion.layers.transformer_block import normalize_setup
+from keras_adapterfusion import inputs as model_inputs
+from keras_adapterfusion.errors import SaveError
+from keras_adapterfusion.io.files import atomic_file
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup
+from keras_adapterfusion.trainable import apply_trainable_spec, spec_trainable_weights
 
 OUTPUT_KEYS = ("last_hidden_state", "pooler_output", "hidden_states", "fusion_attentions",
                "mh_fusion_attentions", "logits")
-
-
-def _setup_to_json(setup):
-    setup = normalize_setup(setup)
-    if setup is None:
-        return None
-    kind, names = setup
-    return names if kind == "single" else list(names)
-
-
-def _apply_spec(model):
-    if model.trainable_spec is not None:
-        from keras_adapterfusion.builders import apply_trainable_spec
-
-        apply_trainable_spec(model.encoder, model.head_layers(), model.trainable_spec)
 
 
 def _flatten_choices(inputs):
@@ -38,22 +28,21 @@ def _flatten_choices(inputs):
 
 
 class _SharedEncoderModel(keras.Model):
-    """Shared plumbing: trainable spec, build, fit re-applying the spec."""
+    """Shared plumbing: the trainable spec, input checks at fit/evaluate/predict, atomic saves."""
 
     def head_layers(self):
         raise NotImplementedError
 
     def apply_trainable_spec(self):
-        """Set the trainable flags of this model's stage (see `keras_adapterfusion.builders`)."""
-        _apply_spec(self)
+        """Set the trainable flags of this model's stage (see `keras_adapterfusion.trainable`)."""
+        if self.trainable_spec is not None:
+            apply_trainable_spec(self.encoder, self.head_layers(), self.trainable_spec)
 
     @property
     def trainable_weights(self):
         """This model's stage weights (from its trainable spec, not the shared flags)."""
         if getattr(self, "trainable_spec", None) is None or not self.trainable:
             return super().trainable_weights
-        from keras_adapterfusion.builders import spec_trainable_weights
-
         return spec_trainable_weights(self.encoder, self.head_layers(), self.trainable_spec)
 
     @property
@@ -77,10 +66,74 @@ class _SharedEncoderModel(keras.Model):
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 self.optimizer.build(self.trainable_weights)
 
-    def fit(self, *args, **kwargs):
-        # Another model on the same encoder may have changed the flags since.
+    def compile_from_config(self, config):
+        """Compile from the state a `.keras` file saved (this class's `compile` only adds the early slots)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
+    # -------------------------------------------- inputs checked at the edge
+    def __call__(self, inputs, *args, **kwargs):
+        # Concrete inputs are checked here, before Keras wraps the call, so the error is the plain InputError.
+        model_inputs.check_model_call(inputs, self)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def input_limits(self):
+        """What this model accepts (`keras_adapterfusion.inputs.InputLimits`)."""
+        return model_inputs.limits_of(self)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with this model's stage weights and every input batch checked.
+
+        Another model on the same encoder may have changed the trainable flags
+        since; they are set again. Invalid inputs raise `InputError` (see
+        `keras_adapterfusion.inputs`) before a step runs on them.
+        """
         self.apply_trainable_spec()
-        return super().fit(*args, **kwargs)
+        limits = self.input_limits()
+        if not isinstance(x, dict) and x is not None and "shuffle" not in kwargs:
+            kwargs["shuffle"] = False  # datasets and generators shuffle themselves; Keras would only warn
+        if kwargs.get("validation_data") is not None:
+            kwargs["validation_data"] = model_inputs.checked_validation(kwargs["validation_data"], limits)
+        return model_inputs.reraise_graph_errors(super().fit, model_inputs.checked_data(x, limits), y,
+                                                 *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, with every input batch checked."""
+        return model_inputs.reraise_graph_errors(super().evaluate, model_inputs.checked_data(x, self.input_limits()),
+                                                 y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, with every input batch checked."""
+        return model_inputs.reraise_graph_errors(super().predict, model_inputs.checked_data(x, self.input_limits()),
+                                                 *args, **kwargs)
+
+    def train_on_batch(self, x=None, y=None, *args, **kwargs):
+        self.apply_trainable_spec()
+        return super().train_on_batch(model_inputs.checked_data(x, self.input_limits()), y, *args, **kwargs)
+
+    def test_on_batch(self, x=None, y=None, *args, **kwargs):
+        return super().test_on_batch(model_inputs.checked_data(x, self.input_limits()), y, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(model_inputs.checked_data(x, self.input_limits()))
+
+    # ------------------------------------------------------- atomic saving
+    def save(self, filepath, overwrite=True, **kwargs):
+        """`keras.Model.save`, atomically: the file is written beside the target and moved over it.
+
+        A crash (even kill -9) during the save leaves the earlier file intact.
+        With `overwrite=False` an existing file raises `SaveError`.
+        """
+        if not overwrite and os.path.exists(os.fspath(filepath)):
+            raise SaveError(f"{os.fspath(filepath)}: exists; pass overwrite=True to replace it.")
+        with atomic_file(filepath) as tmp:
+            super().save(tmp, overwrite=True, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True, **kwargs):
+        """`keras.Model.save_weights`, atomically (see `save`)."""
+        if not overwrite and os.path.exists(os.fspath(filepath)):
+            raise SaveError(f"{os.fspath(filepath)}: exists; pass overwrite=True to replace it.")
+        with atomic_file(filepath) as tmp:
+            super().save_weights(tmp, overwrite=True, **kwargs)
 
     def _build_parts(self):
         if not self.encoder.built:
@@ -123,7 +176,9 @@ class AdapterModel(_SharedEncoderModel):
         encoder: a `TransformerEncoder`.
         head: a head layer (`ClassificationHead`, `MultipleChoiceHead`,
             `TokenClassificationHead`) or `None`.
-        adapter_setup: `None`, an adapter name, or a list of names to fuse.
+        adapter_setup: `None`, an adapter name, a list of names to fuse, or an
+            `AdapterSetup` (e.g. a named fusion); kept as `model.adapter_setup`,
+            an `AdapterSetup`.
         output_hidden_states: also return `hidden_states`.
         output_key: return only this entry of the output dict (e.g. `"logits"`
             for `model.fit` with one loss); `None` returns the whole dict.
@@ -156,8 +211,7 @@ class AdapterModel(_SharedEncoderModel):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.head = head
-        self.adapter_setup = _setup_to_json(adapter_setup)
-        encoder.check_setup(self.adapter_setup)
+        self.adapter_setup = encoder.check_setup(adapter_setup)
         self.output_hidden_states = output_hidden_states
         if output_key is not None and output_key not in OUTPUT_KEYS:
             raise ValueError(f"AdapterModel.output_key: got {output_key!r}; expected None or one of {list(OUTPUT_KEYS)}.")
@@ -194,7 +248,7 @@ class AdapterModel(_SharedEncoderModel):
         config = super().get_config()
         config.update(
             head=None if self.head is None else keras.saving.serialize_keras_object(self.head),
-            adapter_setup=self.adapter_setup,
+            adapter_setup=None if self.adapter_setup is None else self.adapter_setup.to_config(),
             output_hidden_states=self.output_hidden_states,
             output_key=self.output_key,
         )
@@ -211,12 +265,16 @@ class AdapterModel(_SharedEncoderModel):
 class MultiTaskModel(_SharedEncoderModel):
     """MT-A: one adapter and one classification head per task on a shared encoder.
 
-    Each batch comes from one task and carries its index in `task_id` (the same
-    value for every example of the batch; `keras_adapterfusion.tasks.mix_task_datasets`
-    makes such batches). The model runs that task's adapter and head only
-    (`keras.ops.switch`; on JAX every task runs and the batch's task is selected,
-    since dropout state cannot change inside `jax.lax.switch`), and returns its logits padded to the largest label
-    count with -1e9, so one sparse cross-entropy loss serves every task.
+    Every example carries its task's index in `task_id`, and runs that task's
+    adapter and head: a batch may mix tasks freely
+    (`keras_adapterfusion.tasks.mix_task_datasets` makes batches of one task,
+    which works the same way). The encoder's own layers run once for the whole
+    batch; in every block each task's adapter runs on the batch and each example
+    keeps its own task's output (adapters are small, so this costs little), and
+    the same for the heads. Each example's logits therefore equal those of the
+    ST-A model with its task's adapter and head. Logits are padded to the
+    largest label count with -1e9, so one sparse cross-entropy loss serves every
+    task. A `task_id` outside `[0, len(tasks))` raises `InputError`.
 
     Args:
         encoder: a `TransformerEncoder` holding one adapter per task, named after it.
@@ -233,7 +291,7 @@ class MultiTaskModel(_SharedEncoderModel):
 
     ```python
     model = builders.build_multitask_model(encoder, {"sentiment": 2, "topic": 5})
-    model.tasks  # ['sentiment', 'topic']; task_id 1 routes a batch to topic
+    model.tasks  # ['sentiment', 'topic']; task_id 1 routes an example to topic
     ```
     """
 
@@ -251,6 +309,7 @@ class MultiTaskModel(_SharedEncoderModel):
                 )
         self.heads = dict(heads)
         self.max_labels = max(h.num_labels for h in heads.values())
+        self.adapter_setup = AdapterSetup.per_row(self.tasks)
         self.trainable_spec = trainable_spec
         self.build()
         self.apply_trainable_spec()
@@ -258,40 +317,27 @@ class MultiTaskModel(_SharedEncoderModel):
     def head_layers(self):
         return list(self.heads.values())
 
-    def _branch(self, task, training):
-        head = self.heads[task]
-
-        def run(input_ids, attention_mask, token_type_ids):
-            out = self.encoder(
-                {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
-                adapter_setup=task,
-                training=training,
-            )
-            logits = ops.cast(head(out["last_hidden_state"], out.get("pooler_output"), training=training), "float32")
-            pad = self.max_labels - head.num_labels
-            if pad:
-                filler = ops.full((ops.shape(logits)[0], pad), -1e9, dtype="float32")
-                logits = ops.concatenate([logits, filler], axis=-1)
-            return logits
-
-        return run
-
     def call(self, inputs, training=None):
         if "task_id" not in inputs:
             raise ValueError(f"MultiTaskModel: inputs need a 'task_id' entry (index into {self.tasks}).")
-        input_ids = ops.cast(inputs["input_ids"], "int32")
-        mask = inputs.get("attention_mask")
-        mask = ops.ones_like(input_ids) if mask is None else ops.cast(mask, "int32")
-        types = inputs.get("token_type_ids")
-        types = ops.zeros_like(input_ids) if types is None else ops.cast(types, "int32")
-        index = ops.cast(ops.reshape(inputs["task_id"], (-1,))[0], "int32")
-        branches = [self._branch(task, training) for task in self.tasks]
-        if keras.backend.backend() == "jax":
-            # Dropout's seed state cannot be updated inside jax.lax.switch, so on
-            # JAX every task's branch runs and the batch's task is selected.
-            stacked = ops.stack([branch(input_ids, mask, types) for branch in branches], axis=0)
-            return ops.take(stacked, index, axis=0)
-        return ops.switch(index, branches, input_ids, mask, types)
+        task_id = ops.reshape(ops.cast(inputs["task_id"], "int32"), (-1,))
+        encoder_inputs = {k: inputs[k] for k in model_inputs.INPUT_NAMES if inputs.get(k) is not None}
+        out = self.encoder(encoder_inputs, adapter_setup=self.adapter_setup, adapter_index=task_id,
+                           training=training)
+        logits = None
+        for i, task in enumerate(self.tasks):
+            head = self.heads[task]
+            task_logits = ops.cast(head(out["last_hidden_state"], out.get("pooler_output"), training=training),
+                                   "float32")
+            pad = self.max_labels - head.num_labels
+            if pad:
+                filler = ops.full((ops.shape(task_logits)[0], pad), -1e9, dtype="float32")
+                task_logits = ops.concatenate([task_logits, filler], axis=-1)
+            if logits is None:
+                logits = task_logits
+            else:
+                logits = ops.where(ops.reshape(ops.equal(task_id, i), (-1, 1)), task_logits, logits)
+        return logits
 
     def get_config(self):
         config = super().get_config()

@@ -6,12 +6,15 @@ Each module is saved to a small directory:
   the package version, and the signature of the encoder it was trained on
   (architecture and a digest of its pretrained weights);
 - `weights.safetensors`: the module's tensors, keyed by where they live
-  (`"{block}.{slot}.{sublayer}.{variable}"`).
+  (`"{block}.{slot}.{sublayer}.{variable}"`; a head's `"dense_{i}.{variable}"`).
 
-Loading checks the kind, the encoder signature, every key and every shape
-before changing anything, and names the file, the expected and the found value
-when something does not fit. Saving is atomic (see `fileio.atomic_directory`).
-For AdapterHub's layout use `keras_adapterfusion.adapterhub` instead.
+Saving goes through the package's one directory writer
+(`keras_adapterfusion.io.write_directory`): atomic and crash-safe, and it never
+replaces a directory that is not an earlier save of the same kind. Loading
+checks the kind, the encoder signature, every config field and every tensor
+(key, shape, dtype, finiteness) before it changes anything, and names the file
+and the field when something does not fit. For AdapterHub's layout use
+`keras_adapterfusion.adapterhub` instead.
 
 Example:
 
@@ -33,24 +36,30 @@ import os
 import keras
 import numpy as np
 
-from keras_adapterfusion.adapterhub import _resolve_block_variable as _block_variable
-from keras_adapterfusion.adapterhub import adapter_rows, fusion_rows
+from keras_adapterfusion.adapterhub import adapter_locations, fusion_locations, module_variable
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 from keras_adapterfusion.errors import CheckpointError
-from keras_adapterfusion.fileio import atomic_directory, read_json, write_json
-from keras_adapterfusion.layers.transformer_block import fusion_key
+from keras_adapterfusion.io import (
+    WeightRow,
+    gather_weights,
+    json_field,
+    read_json,
+    read_weights,
+    saved_directory,
+    stage_weights,
+    write_directory,
+    write_json,
+)
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup
+from keras_adapterfusion.layers.classification_head import ClassificationHead
+from keras_adapterfusion.names import check_name
+from keras_adapterfusion.version import __version__
 
 FORMAT = "keras_adapterfusion.module"
 FORMAT_VERSION = 1
 CONFIG_FILE = "module.json"
 WEIGHTS_FILE = "weights.safetensors"
 KINDS = ("adapter", "fusion", "head")
-
-
-def _version():
-    from keras_adapterfusion import __version__
-
-    return __version__
 
 
 def encoder_signature(encoder):
@@ -77,19 +86,25 @@ def encoder_signature(encoder):
 
 
 def _native_key(loc):
-    block, slot, sub, attr = loc
-    return ".".join(str(p) for p in (block, slot, sub, attr) if p is not None)
+    return ".".join(str(p) for p in (loc.block, loc.slot, loc.sub, loc.attr) if p is not None)
+
+
+def _module_rows(encoder, locations, kind, key):
+    return [WeightRow(_native_key(loc), loc.shape,
+                      (lambda loc=loc: module_variable(encoder, loc, kind, key)), None)
+            for loc in locations]
 
 
 def _head_rows(head):
-    return [(f"dense_{i}.{attr}", getattr(d, attr)) for i, d in enumerate(head.dense_layers)
-            for attr in ("kernel", "bias") if getattr(d, attr, None) is not None]
+    return [WeightRow(f"dense_{i}.{attr}", tuple(getattr(d, attr).shape), getattr(d, attr))
+            for i, d in enumerate(head.dense_layers) for attr in ("kernel", "bias")
+            if getattr(d, attr, None) is not None]
 
 
-def _write(directory, meta, tensors):
+def _write(directory, kind, meta, tensors):
     from safetensors.numpy import save_file
 
-    with atomic_directory(directory) as tmp:
+    with write_directory(directory, kind) as tmp:
         write_json(os.path.join(tmp, CONFIG_FILE), meta)
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE))
 
@@ -102,160 +117,140 @@ def _meta(kind, name, config, encoder):
         "name": name,
         "config": config,
         "encoder": encoder_signature(encoder),
-        "keras_adapterfusion_version": _version(),
+        "keras_adapterfusion_version": __version__,
     }
 
 
 def save_adapter(encoder, name, directory):
-    """Save adapter `name` of `encoder` to `directory` (atomically)."""
+    """Save adapter `name` of `encoder` to `directory` (atomically; see `io.write_directory`)."""
     if name not in encoder.adapter_configs:
         raise ValueError(f"save_adapter: no adapter {name!r}; expected one of {sorted(encoder.adapter_configs)}.")
     config = encoder.adapter_configs[name]
-    tensors = {
-        _native_key(loc): np.asarray(keras.ops.convert_to_numpy(_block_variable(encoder, loc, "adapter", name)))
-        for _, _, _, loc in adapter_rows(encoder, name, config)
-    }
-    _write(directory, _meta("adapter", name, config.to_dict(), encoder), tensors)
+    rows = _module_rows(encoder, adapter_locations(encoder, config), "adapter", name)
+    _write(directory, "adapter", _meta("adapter", name, config.to_dict(), encoder), gather_weights(rows))
 
 
-def save_fusion(encoder, adapter_names, directory):
-    """Save the fusion over `adapter_names` of `encoder` to `directory` (atomically)."""
-    key = fusion_key(adapter_names)
-    if key not in encoder.fusion_specs:
-        raise ValueError(f"save_fusion: no fusion {key!r}; expected one of {sorted(encoder.fusion_specs)}.")
+def save_fusion(encoder, fusion, directory):
+    """Save a fusion of `encoder` (its key, `AdapterSetup`, or adapters' names) to `directory` (atomically)."""
+    key = encoder.fusion_key(fusion)
     spec = encoder.fusion_specs[key]
-    tensors = {
-        _native_key(loc): np.asarray(keras.ops.convert_to_numpy(_block_variable(encoder, loc, "fusion", key)))
-        for _, _, _, loc in fusion_rows(encoder, spec["adapters"], spec["config"])
-    }
-    config = {"adapters": list(spec["adapters"]), "fusion": spec["config"].to_dict()}
-    _write(directory, _meta("fusion", key, config, encoder), tensors)
+    rows = _module_rows(encoder, fusion_locations(encoder, spec["adapters"], spec["config"]), "fusion", key)
+    config = {"adapters": list(spec["adapters"]), "fusion": spec["config"].to_dict(), "fusion_name": spec["name"]}
+    _write(directory, "fusion", _meta("fusion", key, config, encoder), gather_weights(rows))
 
 
 def save_head(head, directory, encoder, name=None):
     """Save a head layer (any of this package's heads) to `directory` (atomically)."""
     if not getattr(head, "built", False) or not hasattr(head, "dense_layers"):
         raise ValueError(f"save_head: got {type(head).__name__}; expected a built head of this package.")
-    tensors = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in _head_rows(head)}
+    name = check_name(name if name is not None else head.name, "head name")
     config = keras.saving.serialize_keras_object(head)
-    _write(directory, _meta("head", name or head.name, config, encoder), tensors)
+    _write(directory, "head", _meta("head", name, config, encoder), gather_weights(_head_rows(head)))
 
 
 def read_module(directory, expected_kind=None):
-    """`(meta, tensors)` of a saved module, checking its format and kind."""
-    from keras_adapterfusion.backbones.huggingface import read_tensors
-
-    directory = os.fspath(directory)
-    path = os.path.join(directory, CONFIG_FILE)
+    """`(path of module.json, meta, WeightsFile)` of a saved module, its format and kind checked."""
+    directory = saved_directory(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such directory; expected a saved {expected_kind or 'module'}.")
+    path = os.path.join(directory, CONFIG_FILE)
     meta = read_json(path, "keras_adapterfusion module description")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format is {meta.get('format')!r}; expected {FORMAT!r}.")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {meta['format_version']} is newer than this package reads ({FORMAT_VERSION})."
-        )
-    kind = meta.get("kind")
-    if kind not in KINDS:
-        raise CheckpointError(f"{path}: kind {kind!r}; expected one of {list(KINDS)}.")
+        raise CheckpointError(f"{path}: field 'format' is {meta.get('format')!r}; expected {FORMAT!r}.")
+    version = json_field(meta, "format_version", path, int, check=lambda v: v >= 1, expected="an integer >= 1")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version} is newer than this package reads ({FORMAT_VERSION}).")
+    kind = json_field(meta, "kind", path, str, check=lambda v: v in KINDS, expected=f"one of {list(KINDS)}")
     if expected_kind is not None and kind != expected_kind:
         raise CheckpointError(f"{path}: holds a {kind}; expected a {expected_kind}.")
-    return meta, read_tensors(directory, "weights")
+    name = json_field(meta, "name", path, str)
+    if kind != "fusion":  # a fusion's name is its key; its adapters' names are checked when it loads
+        try:
+            check_name(name, f"{path}: field 'name'")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+    json_field(meta, "config", path, dict)
+    json_field(meta, "encoder", path, dict)
+    return path, meta, read_weights(directory, "weights")
 
 
-def check_encoder(meta, directory, encoder):
-    """Raise if the module in `directory` was saved from an encoder unlike `encoder`."""
-    found = meta.get("encoder") or {}
+def check_encoder(meta, path, encoder):
+    """Raise if the module described by `meta` (read from `path`) was saved from an encoder unlike `encoder`."""
+    found = meta["encoder"]
     expected = encoder_signature(encoder)
     diffs = {k: (expected[k], found.get(k)) for k in expected if found.get(k) != expected[k]}
     if diffs:
         detail = ", ".join(f"{k}: expected {e!r}, found {f!r}" for k, (e, f) in diffs.items())
-        raise CheckpointError(
-            f"{os.path.join(os.fspath(directory), CONFIG_FILE)}: saved from a different encoder ({detail})."
-        )
+        raise CheckpointError(f"{path}: saved from a different encoder ({detail}).")
 
 
-def _stage(rows, tensors, source, resolve_shape):
-    expected = {_native_key(loc) for _, _, _, loc in rows}
-    missing = sorted(expected - set(tensors))
-    unknown = sorted(set(tensors) - expected)
-    if missing or unknown:
-        raise CheckpointError(f"{source}: keys do not match (missing {missing[:4]}, unknown {unknown[:4]}).")
-    staged = []
-    for _, shape, _, loc in rows:
-        key = _native_key(loc)
-        value = np.asarray(tensors[key])
-        if tuple(value.shape) != tuple(resolve_shape(shape)):
-            raise CheckpointError(f"{source}: tensor {key!r} has shape {list(value.shape)}; expected {list(shape)}.")
-        staged.append((loc, value))
-    return staged
-
-
-def load_adapter(encoder, directory, load_as=None):
+def load_adapter(encoder, directory, load_as=None, allow_nonfinite=False):
     """Load a saved adapter into `encoder`; returns its name. Nothing changes on error."""
-    meta, tensors = read_module(directory, "adapter")
-    check_encoder(meta, directory, encoder)
-    source = os.path.join(os.fspath(directory), WEIGHTS_FILE)
+    path, meta, weights = read_module(directory, "adapter")
+    check_encoder(meta, path, encoder)
     try:
         config = AdapterConfig.from_dict(meta["config"])
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{os.path.join(os.fspath(directory), CONFIG_FILE)}: {e}") from e
-    name = load_as or meta["name"]
+        raise CheckpointError(f"{path}: config: {e}") from e
+    name = check_name(load_as, "load_as") if load_as is not None else meta["name"]
     if name in encoder.adapter_configs:
         raise CheckpointError(f"{directory}: the encoder already has an adapter {name!r}; pass load_as=...")
-    staged = _stage(adapter_rows(encoder, name, config), tensors, source, lambda s: s)
+    for i in config.leave_out:
+        if i >= encoder.num_layers:
+            raise CheckpointError(f"{path}: config: leave_out has block {i}; the encoder has {encoder.num_layers}.")
+    rows = _module_rows(encoder, adapter_locations(encoder, config), "adapter", name)
+    staged = stage_weights(rows, weights.tensors, weights.path, allow_nonfinite=allow_nonfinite)
     encoder.add_adapter(name, config)
-    for loc, value in staged:
-        _block_variable(encoder, loc, "adapter", name).assign(value)
+    staged.assign()
     return name
 
 
-def load_fusion(encoder, directory):
-    """Load a saved fusion into `encoder` (its adapters must be there); returns the names."""
-    meta, tensors = read_module(directory, "fusion")
-    check_encoder(meta, directory, encoder)
-    path = os.path.join(os.fspath(directory), CONFIG_FILE)
-    names = meta["config"]["adapters"]
-    missing = [n for n in names if n not in encoder.adapter_configs]
+def load_fusion(encoder, directory, name=None, allow_nonfinite=False):
+    """Load a saved fusion into `encoder` (its adapters must be there).
+
+    Args:
+        name: load it under this fusion name (default: the saved fusion's name, if any).
+
+    Returns:
+        The `AdapterSetup` that runs the fusion.
+    """
+    path, meta, weights = read_module(directory, "fusion")
+    check_encoder(meta, path, encoder)
+    where = f"{path}: config"
+    names = json_field(meta["config"], "adapters", where, list)
+    stored = json_field(meta["config"], "fusion_name", where, (str, type(None)), default=None)
+    try:
+        setup = AdapterSetup.fuse(names, name if name is not None else stored)
+        config = FusionConfig.from_dict(json_field(meta["config"], "fusion", where, dict))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{where}: {e}") from e
+    missing = [n for n in setup.adapters if n not in encoder.adapter_configs]
     if missing:
         raise CheckpointError(f"{path}: fuses adapter(s) {missing} that the encoder lacks; it has "
                               f"{sorted(encoder.adapter_configs)}.")
-    try:
-        config = FusionConfig.from_dict(meta["config"]["fusion"])
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: {e}") from e
-    if fusion_key(names) in encoder.fusion_specs:
-        raise CheckpointError(f"{directory}: the encoder already has the fusion {fusion_key(names)!r}.")
-    source = os.path.join(os.fspath(directory), WEIGHTS_FILE)
-    staged = _stage(fusion_rows(encoder, names, config), tensors, source, lambda s: s)
-    key = encoder.add_fusion(names, config)
-    for loc, value in staged:
-        _block_variable(encoder, loc, "fusion", key).assign(value)
-    return list(names)
+    if setup.fusion_key in encoder.fusion_specs:
+        raise CheckpointError(f"{directory}: the encoder already has the fusion {setup.fusion_key!r}; "
+                              "pass name=... to load it under another name.")
+    rows = _module_rows(encoder, fusion_locations(encoder, list(setup.adapters), config), "fusion",
+                        setup.fusion_key)
+    staged = stage_weights(rows, weights.tensors, weights.path, allow_nonfinite=allow_nonfinite)
+    encoder.add_fusion(list(setup.adapters), config, name=setup.fusion_name)
+    staged.assign()
+    return setup
 
 
-def load_head(directory, encoder):
+def load_head(directory, encoder, allow_nonfinite=False):
     """Load a saved head; returns the built head layer."""
-    meta, tensors = read_module(directory, "head")
-    check_encoder(meta, directory, encoder)
-    path = os.path.join(os.fspath(directory), CONFIG_FILE)
+    path, meta, weights = read_module(directory, "head")
+    check_encoder(meta, path, encoder)
     try:
         head = keras.saving.deserialize_keras_object(meta["config"])
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot rebuild the head ({type(e).__name__}: {e}).") from e
+        raise CheckpointError(f"{path}: config: cannot rebuild the head ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]}).") from e
+    if not isinstance(head, ClassificationHead):
+        raise CheckpointError(f"{path}: config: describes a {type(head).__name__}; expected a head of this package.")
     if not head.built:
         head.build((None, None, encoder.hidden_size), (None, encoder.hidden_size))
-    rows = _head_rows(head)
-    source = os.path.join(os.fspath(directory), WEIGHTS_FILE)
-    expected, found = {k for k, _ in rows}, set(tensors)
-    if expected != found:
-        raise CheckpointError(f"{source}: keys do not match (missing {sorted(expected - found)[:4]}, "
-                              f"unknown {sorted(found - expected)[:4]}).")
-    for key, variable in rows:
-        if tuple(tensors[key].shape) != tuple(variable.shape):
-            raise CheckpointError(f"{source}: tensor {key!r} has shape {list(tensors[key].shape)}; "
-                                  f"expected {list(variable.shape)}.")
-    for key, variable in rows:
-        variable.assign(tensors[key])
+    stage_weights(_head_rows(head), weights.tensors, weights.path, allow_nonfinite=allow_nonfinite).assign()
     return head

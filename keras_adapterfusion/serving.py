@@ -15,37 +15,366 @@ body = client.rest_request(["What a film!"])                       # the JSON bo
 request = client.grpc_request(["What a film!"], model_name="sentiment")
 labels = client.labels_from_grpc(stub.Predict(request, 10.0))
 ```
+
+Every failure of the server, or of the way to it, ends in `ServingError`
+(`keras_adapterfusion.errors.ServingError`, importable from here too) with a message
+that names the URL (or the response) and what was wrong: unreachable, timed out
+(`predict_rest`'s `timeout` bounds the whole request: connecting, sending and
+reading the full reply), an HTTP error, a body that is not JSON, or JSON that is
+not what an export of this package answers (missing outputs, the wrong number
+of rows, label ids outside the label map, probabilities that are not finite or
+have the wrong width).
 """
 
+import base64
+import http.client
+import io
 import json
+import math
+import numbers
 import os
-import urllib.error
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 
 import numpy as np
 
+from keras_adapterfusion.errors import ServingError
+
+__all__ = ["INPUT_NAMES", "PROBLEM_TYPES", "ServingClient", "ServingError"]
+
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+PROBLEM_TYPES = ("single_label", "multi_label", "regression", "multiple_choice")
+
+_CHUNK = 64 * 1024  # bytes read from the server per call
+_HTTP_DETAIL = 500  # characters of an HTTP error body quoted in the message
+_SNIPPET = 100  # characters of a non-JSON body quoted in the message
 
 
-class ServingError(RuntimeError):
-    """The server answered with an error, or could not be reached."""
+# ------------------------------------------------------------------ label map
+def _check_label_map(label_map, source, error):
+    """Raise `error` naming `source` unless `label_map` has the shape `export` writes."""
+
+    def fail(what):
+        raise error(f"serving: {source}: {what}")
+
+    expected = ("expected {\"tasks\": {task: {\"labels\": [...], \"problem_type\": ...}}, "
+                "as keras_adapterfusion.export writes it")
+    if not isinstance(label_map, Mapping):
+        fail(f"the label map is a {type(label_map).__name__}; {expected}.")
+    if "tasks" not in label_map:
+        fail(f"no 'tasks' field (found {sorted(label_map)}); {expected}.")
+    tasks = label_map["tasks"]
+    if not isinstance(tasks, Mapping) or not tasks:
+        fail(f"'tasks' is {tasks!r}; {expected}.")
+    for task, info in tasks.items():
+        if not isinstance(info, Mapping):
+            fail(f"task {task!r} is {info!r}; {expected}.")
+        labels, problem = info.get("labels"), info.get("problem_type")
+        if not isinstance(labels, list):
+            fail(f"task {task!r}: 'labels' is {labels!r}; expected a list of label names.")
+        if problem not in PROBLEM_TYPES:
+            fail(f"task {task!r}: 'problem_type' is {problem!r}; expected one of {list(PROBLEM_TYPES)}.")
+        if problem != "regression" and not labels:
+            fail(f"task {task!r} ({problem}) has no labels.")
+    signatures = label_map.get("signatures", {})
+    if not isinstance(signatures, Mapping):
+        fail(f"'signatures' is {signatures!r}; expected an object signature name -> task(s).")
 
 
 def _read_label_map(path):
-    with open(path) as f:
-        return json.load(f)
+    """The checked content of `label_map.json` at `path`; `ServingError` naming the file if unusable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            label_map = json.load(f)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ServingError(f"serving: {path}: not valid JSON ({e}); expected the label map an export wrote.") from e
+    except OSError as e:
+        raise ServingError(f"serving: {path}: cannot be read ({e}).") from e
+    _check_label_map(label_map, path, ServingError)
+    return label_map
 
 
+# ------------------------------------------------------------- output checks
+def _quote(value, limit=_HTTP_DETAIL, text=False):
+    """`repr(value)` (`str(value)` with `text=True`), cut to `limit` characters."""
+    text = str(value) if text else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _numbers(value, name, source):
+    """`value` as a numeric numpy array; `ServingError` if it is ragged or holds anything but numbers."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged rows
+        raise ServingError(f"serving: {source}: {name!r} is not a rectangular array of numbers ({e}).") from e
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ServingError(f"serving: {source}: {name!r} holds {_quote(array.tolist(), 100)} ({array.dtype}); "
+                           "expected numbers.")
+    return array
+
+
+def _first_bad(array, mask):
+    """`("i, j", value)`: where the first True of `mask` is, and `array`'s value there."""
+    index = tuple(int(i) for i in np.argwhere(mask)[0])
+    return ", ".join(map(str, index)), array[index]
+
+
+def _check_rows(name, array, num_rows, source):
+    if num_rows is not None and array.shape[0] != num_rows:
+        raise ServingError(f"serving: {source}: {name!r} has {array.shape[0]} rows for {num_rows} texts sent.")
+
+
+# ------------------------------------------------------------------- HTTP
+class _Deadline:
+    """The time left of a request; `TimeoutError` once it is spent."""
+
+    def __init__(self, timeout):
+        self.end = time.monotonic() + timeout
+
+    def left(self):
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        return left
+
+
+class _DeadlineSocket:
+    """A connected socket whose every send and receive is bounded by what is left of a deadline.
+
+    `http.client` only calls `sendall`, `makefile` and `close` on its socket; the
+    socket timeout is set to the time left before each of them, so a server that
+    answers one byte at a time cannot stretch the request past the deadline.
+    """
+
+    def __init__(self, sock, deadline):
+        self.sock = sock
+        self.deadline = deadline
+
+    def sendall(self, data):
+        view = memoryview(data).cast("B")
+        while view:  # send by send, as an SSL socket's sendall applies its timeout to each piece
+            self.sock.settimeout(self.deadline.left())
+            view = view[self.sock.send(view):]
+
+    def recv_into(self, buffer):
+        self.sock.settimeout(self.deadline.left())
+        return self.sock.recv_into(buffer)
+
+    def makefile(self, mode="rb", *args, **kwargs):
+        if mode != "rb":
+            raise ValueError(f"serving: unsupported socket file mode {mode!r}")
+        return io.BufferedReader(_DeadlineReader(self), _CHUNK)
+
+    def close(self):
+        pass  # the socket belongs to `_post`, which closes it once the whole reply is read
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock):
+        super().__init__()
+        self._sock = sock
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self._sock.recv_into(buffer)
+
+
+def _resolve(host, port, deadline):
+    """`getaddrinfo` for `host`, bounded by the deadline (a name lookup has no socket timeout)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass  # not an address literal: look the name up
+    result = {}
+
+    def lookup():
+        try:
+            result["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as e:  # handed to the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=lookup, name=f"serving-resolve-{host}", daemon=True)
+    thread.start()
+    thread.join(deadline.left())
+    if thread.is_alive():
+        raise TimeoutError(f"looking up {host}")
+    if "error" in result:
+        raise result["error"]
+    return result["addresses"]
+
+
+def _connect(host, port, deadline):
+    """A TCP socket connected to `host`:`port` (each address in turn) before the deadline."""
+    error = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in _resolve(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(deadline.left())
+            sock.connect(address)
+            return sock
+        except OSError as e:  # TimeoutError included: try the next address while time is left
+            sock.close()
+            error = e
+    raise error
+
+
+def _proxy(scheme, netloc):
+    """The `(host, port, headers)` of the environment's proxy for `scheme`://`netloc`, or None.
+
+    Honours `http_proxy`, `https_proxy` and `no_proxy` as `urllib` does (which this
+    client used before); only plain-HTTP proxies are supported.
+    """
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(netloc):
+        return None
+    parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ServingError(f"serving: the {scheme}_proxy setting {proxy!r} is not supported; expected "
+                           "http://host:port (or set no_proxy for the model server).")
+    headers = {}
+    if parsed.username is not None:
+        user = urllib.parse.unquote(parsed.username)
+        password = urllib.parse.unquote(parsed.password or "")
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return parsed.hostname, parsed.port or 80, headers
+
+
+def _tunnel(sock, netloc, headers, deadline):
+    """Ask the HTTP proxy behind `sock` for a CONNECT tunnel to `netloc`."""
+    lines = [f"CONNECT {netloc} HTTP/1.1", f"Host: {netloc}", *(f"{k}: {v}" for k, v in headers.items())]
+    wrapped = _DeadlineSocket(sock, deadline)
+    wrapped.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    reply = bytearray()
+    buffer = bytearray(4096)
+    while b"\r\n\r\n" not in reply:  # the proxy sends nothing after its header until we speak TLS
+        n = wrapped.recv_into(buffer)
+        if not n:
+            break
+        reply += buffer[:n]
+        if len(reply) > 65536:
+            break
+    status = bytes(reply).split(b"\r\n", 1)[0].decode("latin-1", errors="replace")
+    parts = status.split()
+    if len(parts) < 2 or parts[1] != "200":
+        raise ConnectionError(f"the proxy refused to tunnel to {netloc}: {status or 'no answer'!r}")
+
+
+def _post(url, body, timeout):
+    """POST the JSON `body` to `url`; `(status, content_type, data)`, the whole exchange within `timeout` s.
+
+    Raises:
+        ValueError: `url` is not an http(s) URL, or holds characters HTTP does not allow.
+        ServingError: the server cannot be reached, timed out, or sent a malformed HTTP reply.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as e:  # a port that is not a number
+        raise ValueError(f"serving: server URL {url!r}: {e}; expected http(s)://host:port.") from e
+    if scheme not in ("http", "https") or not host:
+        raise ValueError(f"serving: server URL {url!r}; expected http://host:port or https://host:port.")
+    port = port or (443 if scheme == "https" else 80)
+    netloc = parts.netloc.rpartition("@")[2]
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "Connection": "close"}
+
+    deadline = _Deadline(timeout)
+    sock = None
+    stage = "connecting"
+    try:
+        proxy = _proxy(scheme, netloc)
+        if proxy is None:
+            sock = _connect(host, port, deadline)
+        else:
+            proxy_host, proxy_port, proxy_headers = proxy
+            sock = _connect(proxy_host, proxy_port, deadline)
+            if scheme == "https":
+                _tunnel(sock, f"{host}:{port}" if ":" not in host else f"[{host}]:{port}", proxy_headers, deadline)
+            else:
+                path = f"http://{netloc}{path}"  # absolute form, for the proxy
+                headers.update(proxy_headers)
+        if scheme == "https":
+            sock.settimeout(deadline.left())
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        stage = "sending the request"
+        connection = http.client.HTTPConnection(host, port)
+        connection.sock = _DeadlineSocket(sock, deadline)  # already connected: http.client never connects itself
+        connection.request("POST", path, body=body, headers=headers)
+        stage = "reading the reply"
+        reply = connection.getresponse()
+        chunks = []
+        while True:
+            chunk = reply.read(_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            deadline.left()
+        if reply.length:  # read(amt) returns what came before the server hung up, without complaint
+            raise http.client.IncompleteRead(b"".join(chunks), reply.length)
+        return reply.status, reply.getheader("Content-Type", ""), b"".join(chunks)
+    except TimeoutError as e:
+        raise ServingError(f"serving: {url} timed out: no complete reply within timeout={timeout} s "
+                           f"(it was {stage}).") from e
+    except http.client.InvalidURL as e:  # the URL's path or host holds characters HTTP does not allow
+        raise ValueError(f"serving: server URL {url!r}: {e}.") from e
+    except http.client.HTTPException as e:  # RemoteDisconnected, BadStatusLine, IncompleteRead, LineTooLong...
+        raise ServingError(f"serving: {url} sent no valid HTTP reply ({type(e).__name__}: {e}).") from e
+    except OSError as e:
+        if stage == "connecting":
+            raise ServingError(f"serving: cannot reach {url} ({e}).") from e
+        raise ServingError(f"serving: the connection to {url} failed while {stage} ({e}).") from e
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _check_timeout(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError(f"serving: timeout={timeout!r}; expected a finite number of seconds > 0.")
+    return float(timeout)
+
+
+def _json_reply(url, status, content_type, data):
+    """The decoded JSON of a reply; `ServingError` for HTTP errors and bodies that are not JSON."""
+    if not 200 <= status < 300:
+        detail = data.decode("utf-8", errors="replace")[:_HTTP_DETAIL]
+        raise ServingError(f"serving: {url} answered HTTP {status}: {detail}")
+    try:
+        if not data.strip():
+            raise ValueError("the body is empty")
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        text = data.decode("utf-8", errors="replace")
+        snippet = text[:_SNIPPET] + ("..." if len(text) > _SNIPPET else "")
+        raise ServingError(f"serving: {url} answered HTTP {status} (Content-Type {content_type or 'none'!r}) "
+                           f"with a body that is not JSON ({e}): {snippet!r}") from e
+
+
+# ------------------------------------------------------------------ client
 class ServingClient:
     """Turns text into TF Serving requests and responses into labels.
 
     Args:
-        tokenizer: a `transformers` tokenizer (or a checkpoint directory for one).
-        label_map: the `label_map.json` content the export wrote.
+        tokenizer: a `transformers` tokenizer, or a directory (e.g. an export's `assets/`) to load one from.
+        label_map: the `label_map.json` content the export wrote:
+            `{"tasks": {task: {"labels": [...], "problem_type": ...}}, "signatures": {...}}`.
         max_length: truncation length.
+
+    Raises:
+        ValueError: `label_map` does not have that shape.
     """
 
     def __init__(self, tokenizer, label_map, max_length=128):
+        _check_label_map(label_map, "label_map", ValueError)
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
 
@@ -56,7 +385,19 @@ class ServingClient:
 
     @classmethod
     def from_export(cls, version_dir, max_length=128):
-        """A client for the SavedModel in `version_dir`, using its `assets/`."""
+        """A client for the SavedModel in `version_dir`, using its `assets/` (tokenizer and `label_map.json`).
+
+        Args:
+            version_dir: an exported version directory (`<export_dir>/<model>/<version>`).
+            max_length: truncation length.
+
+        Returns:
+            A `ServingClient`.
+
+        Raises:
+            FileNotFoundError: `version_dir/assets/label_map.json` is missing.
+            ServingError: `label_map.json` is not valid JSON or not a label map (the message names the file).
+        """
         assets = os.path.join(os.fspath(version_dir), "assets")
         label_map_path = os.path.join(assets, "label_map.json")
         if not os.path.isfile(label_map_path):
@@ -65,7 +406,17 @@ class ServingClient:
 
     # ------------------------------------------------------------- requests
     def encode(self, texts):
-        """Tokenize `texts` (strings or (text, pair) tuples) into int64 arrays padded to the longest."""
+        """Tokenize `texts` into int64 arrays padded to the longest.
+
+        Args:
+            texts: a string, or a list of strings or of `(text, pair)` tuples.
+
+        Returns:
+            A dict `input_ids`, `attention_mask`, `token_type_ids` -> int64 array `[len(texts), tokens]`.
+
+        Raises:
+            ValueError: `texts` is empty.
+        """
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -85,14 +436,35 @@ class ServingClient:
         return {k: v.astype(np.int64) for k, v in out.items()}
 
     def rest_request(self, texts, signature_name="serving_default"):
-        """The JSON body of TF Serving's REST predict API, in the row (`instances`) format."""
+        """The JSON body of TF Serving's REST predict API, in the row (`instances`) format.
+
+        Args:
+            texts: as for `encode`.
+            signature_name: the SavedModel signature to call.
+
+        Returns:
+            `{"signature_name": ..., "instances": [{input name: token list}, ...]}`, one instance per text.
+        """
         arrays = self.encode(texts)
         n = arrays["input_ids"].shape[0]
         instances = [{k: arrays[k][i].tolist() for k in INPUT_NAMES} for i in range(n)]
         return {"signature_name": signature_name, "instances": instances}
 
     def grpc_request(self, texts, model_name, signature_name="serving_default", version=None):
-        """A `tensorflow_serving.apis.predict_pb2.PredictRequest` for `texts`."""
+        """A `tensorflow_serving.apis.predict_pb2.PredictRequest` for `texts`.
+
+        Args:
+            texts: as for `encode`.
+            model_name: the model name TF Serving serves the export under.
+            signature_name: the SavedModel signature to call.
+            version: a model version, or None for the latest.
+
+        Returns:
+            The `PredictRequest`.
+
+        Raises:
+            ImportError: tensorflow-serving-api (or TensorFlow) is not installed.
+        """
         try:
             import tensorflow as tf
             from tensorflow_serving.apis import predict_pb2
@@ -116,61 +488,250 @@ class ServingClient:
         if isinstance(task, list):
             raise ValueError(f"serving: signature {signature_name!r} serves several tasks; use labels_by_task.")
         if task not in self.label_map["tasks"]:
-            raise ValueError(f"serving: unknown signature {signature_name!r}; expected one of {sorted(signatures)}.")
+            raise ValueError(f"serving: unknown signature {signature_name!r}; expected one of "
+                             f"{sorted(set(signatures) | set(self.label_map['tasks']))}.")
         return task
 
-    def _labels(self, task, label_ids, probabilities):
+    def _needed(self, task, prefix):
+        """The output names the labels of `task` are read from."""
+        if self.label_map["tasks"][task]["problem_type"] == "regression":
+            return [prefix + "probabilities"]
+        return [prefix + "label_ids", prefix + "probabilities"]
+
+    def _labels(self, task, outputs, prefix, source, num_texts):
+        """Labels of `task` from `outputs`, after checking them against the label map."""
         info = self.label_map["tasks"][task]
-        names = info["labels"]
-        if info["problem_type"] == "multi_label":
-            return [[names[j] for j, on in enumerate(row) if on] for row in np.asarray(label_ids)]
-        if info["problem_type"] == "regression":
-            return [float(np.asarray(p).reshape(-1)[0]) for p in probabilities]
-        return [names[int(i)] for i in np.asarray(label_ids).reshape(-1)]
+        names, problem = info["labels"], info["problem_type"]
+        if not isinstance(outputs, Mapping):
+            raise ServingError(f"serving: {source}: the outputs are a {type(outputs).__name__}; "
+                               "expected a dict output name -> array.")
+        missing = [k for k in self._needed(task, prefix) if k not in outputs]
+        if missing:
+            raise ServingError(f"serving: {source}: no {', '.join(map(repr, missing))} output for task {task!r} "
+                               f"(found {sorted(outputs)}); expected the outputs of a keras_adapterfusion export.")
+        ids_key, probs_key = prefix + "label_ids", prefix + "probabilities"
 
-    def labels_from_outputs(self, outputs, signature_name="serving_default", prefix=""):
-        """Labels from a dict of output arrays (`label_ids`, `probabilities`)."""
-        task = self._task(signature_name) if not prefix else prefix[:-1]
-        return self._labels(task, outputs[prefix + "label_ids"], outputs[prefix + "probabilities"])
+        probs = _numbers(outputs[probs_key], probs_key, source)
+        if probs.ndim == 0 or probs.shape[0] == 0:
+            raise ServingError(f"serving: {source}: {probs_key!r} is {_quote(probs.tolist(), 100)}; "
+                               "expected one row per text.")
+        _check_rows(probs_key, probs, num_texts, source)
+        bad = ~np.isfinite(probs.astype(np.float64))
+        if bad.any():
+            where, value = _first_bad(probs, bad)
+            raise ServingError(f"serving: {source}: {probs_key}[{where}] is {value}; "
+                               "expected finite numbers.")
+        if problem == "regression":
+            if probs.ndim > 2 or (probs.ndim == 2 and probs.shape[1] < 1):
+                raise ServingError(f"serving: {source}: {probs_key!r} has shape {probs.shape}; expected "
+                                   f"[{probs.shape[0]}] or [{probs.shape[0]}, outputs] for regression task {task!r}.")
+            return [float(row) for row in probs.reshape(probs.shape[0], -1)[:, 0]]
 
-    def labels_from_rest(self, response, signature_name="serving_default"):
-        """Labels from TF Serving's REST response (`{"predictions": [...]}`)."""
-        if "error" in response:
-            raise ServingError(f"serving: the server answered: {response['error']}")
-        predictions = response["predictions"]
-        if predictions and isinstance(predictions[0], dict):
-            outputs = {k: [p[k] for p in predictions] for k in predictions[0]}
+        n, width = probs.shape[0], len(names)
+        if probs.shape != (n, width):
+            raise ServingError(f"serving: {source}: {probs_key!r} has shape {list(probs.shape)}; expected "
+                               f"[{n}, {width}], one value per label of task {task!r} {names}.")
+        ids = _numbers(outputs[ids_key], ids_key, source)
+        if ids.ndim == 0:
+            raise ServingError(f"serving: {source}: {ids_key!r} is {ids.tolist()!r}; expected one row per text.")
+        if ids.shape[0] != n:
+            raise ServingError(f"serving: {source}: {ids_key!r} has {ids.shape[0]} rows but {probs_key!r} has {n}.")
+
+        if problem == "multi_label":
+            if ids.shape != (n, width):
+                raise ServingError(f"serving: {source}: {ids_key!r} has shape {list(ids.shape)}; expected "
+                                   f"[{n}, {width}], one 0/1 flag per label of multi-label task {task!r} {names}.")
+            bad = ~np.isin(ids, (0, 1))
+            if bad.any():
+                where, value = _first_bad(ids, bad)
+                raise ServingError(f"serving: {source}: {ids_key}[{where}] is {value}; expected 0 or 1 "
+                                   f"(multi-label task {task!r}).")
+            return [[names[j] for j, on in enumerate(row) if on] for row in ids.astype(np.int64)]
+
+        if ids.ndim == 2 and ids.shape[1] == 1:
+            ids = ids[:, 0]
+        if ids.ndim != 1:
+            raise ServingError(f"serving: {source}: {ids_key!r} has shape {list(ids.shape)}; expected [{n}], "
+                               f"one label id per text.")
+        if ids.dtype == np.bool_:
+            raise ServingError(f"serving: {source}: {ids_key!r} holds booleans; expected integer label ids.")
+        if not np.issubdtype(ids.dtype, np.integer):
+            bad = ~np.isfinite(ids) | (ids != np.floor(ids))
+            if bad.any():
+                where, value = _first_bad(ids, bad)
+                raise ServingError(f"serving: {source}: {ids_key}[{where}] is {value}, not an integer; "
+                                   f"expected a label id 0..{width - 1} of task {task!r} {names}.")
+        bad = (ids < 0) | (ids >= width)
+        if bad.any():
+            where, value = _first_bad(ids, bad)
+            raise ServingError(f"serving: {source}: {ids_key}[{where}] is {value}, out of range; expected "
+                               f"a label id 0..{width - 1} of task {task!r} {names}.")
+        return [names[int(i)] for i in ids]
+
+    def labels_from_outputs(self, outputs, signature_name="serving_default", prefix="", num_texts=None):
+        """Labels from a dict of output arrays (`label_ids`, `probabilities`).
+
+        Args:
+            outputs: dict output name -> array with one row per text (e.g. a SavedModel signature's result).
+            signature_name: the signature that produced `outputs`; picks the task in the label map.
+            prefix: `"<task>_"` to read that task's outputs of the `all_tasks` signature instead.
+            num_texts: if given, the number of rows the outputs must have.
+
+        Returns:
+            One label per row: a label name (single-label, multiple choice), a list of names (multi-label)
+            or a float (regression).
+
+        Raises:
+            ValueError: `signature_name` (or `prefix`) names no task of the label map.
+            ServingError: an output is missing, has the wrong shape or row count, a label id is not an integer
+                in range, or a probability is not a finite number.
+        """
+        if prefix:
+            task = prefix[:-1]
+            if task not in self.label_map["tasks"]:
+                raise ValueError(f"serving: prefix {prefix!r} names no task; expected one of "
+                                 f"{sorted(self.label_map['tasks'])}.")
         else:
-            raise ServingError("serving: expected 'predictions' as a list of output dicts (row format).")
-        return self.labels_from_outputs(outputs, signature_name)
+            task = self._task(signature_name)
+        return self._labels(task, outputs, prefix, "the outputs", num_texts)
 
-    def labels_from_grpc(self, response, signature_name="serving_default"):
-        """Labels from a `PredictResponse`."""
+    def labels_from_rest(self, response, signature_name="serving_default", num_texts=None):
+        """Labels from TF Serving's REST response (`{"predictions": [...]}`, the row format).
+
+        Args:
+            response: the decoded JSON of the reply.
+            signature_name: the signature that was called.
+            num_texts: if given, the number of predictions the response must hold (the texts sent).
+
+        Returns:
+            One label per prediction, as `labels_from_outputs` gives them.
+
+        Raises:
+            ValueError: `signature_name` names no task of the label map.
+            ServingError: the response is an error (`{"error": ...}`, quoted) or malformed: not an object,
+                no `predictions` list of output dicts, the wrong number of predictions, or outputs that
+                fail the checks of `labels_from_outputs`.
+        """
+        return self._labels_from_rest(response, signature_name, num_texts, "the REST response")
+
+    def _labels_from_rest(self, response, signature_name, num_texts, source):
+        if not isinstance(response, Mapping):
+            raise ServingError(f"serving: {source}: the JSON is a {type(response).__name__} "
+                               f"({_quote(response, 100)}); expected an object with 'predictions'.")
+        if "error" in response:
+            raise ServingError(f"serving: {source}: the server answered with an error: "
+                               f"{_quote(response['error'], text=True)}")
+        if "predictions" not in response:
+            hint = " (the columnar 'outputs' format; this client sends 'instances' and reads rows)" \
+                if "outputs" in response else ""
+            raise ServingError(f"serving: {source}: no 'predictions' (found {sorted(response)}){hint}; "
+                               "expected {\"predictions\": [{output: value}, ...]}.")
+        predictions = response["predictions"]
+        if not isinstance(predictions, list) or not predictions:
+            raise ServingError(f"serving: {source}: 'predictions' is {_quote(predictions, 100)}; expected a "
+                               "non-empty list of output dicts (row format).")
+        for i, p in enumerate(predictions):
+            if not isinstance(p, Mapping):
+                raise ServingError(f"serving: {source}: predictions[{i}] is {_quote(p, 100)}; expected a dict "
+                                   "output name -> value (row format).")
+        if num_texts is not None and len(predictions) != num_texts:
+            raise ServingError(f"serving: {source}: {len(predictions)} predictions for {num_texts} texts sent.")
+        task = self._task(signature_name)
+        outputs = {}
+        for key in self._needed(task, ""):
+            for i, p in enumerate(predictions):
+                if key not in p:
+                    raise ServingError(f"serving: {source}: predictions[{i}] has no {key!r} output (found "
+                                       f"{sorted(p)}); expected the outputs of a keras_adapterfusion export.")
+            outputs[key] = [p[key] for p in predictions]
+        return self._labels(task, outputs, "", source, len(predictions))
+
+    def labels_from_grpc(self, response, signature_name="serving_default", num_texts=None):
+        """Labels from a `PredictResponse`.
+
+        Args:
+            response: a `tensorflow_serving.apis.predict_pb2.PredictResponse`.
+            signature_name: the signature that was called.
+            num_texts: if given, the number of rows the outputs must have (the texts sent).
+
+        Returns:
+            One label per row, as `labels_from_outputs` gives them.
+
+        Raises:
+            ValueError: `signature_name` names no task of the label map.
+            ServingError: `response` is not a `PredictResponse`, lacks an output, holds a tensor that cannot
+                be decoded, or fails the checks of `labels_from_outputs`.
+        """
         import tensorflow as tf
 
-        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
-        return self.labels_from_outputs(outputs, signature_name)
+        source = "the gRPC response"
+        protos = getattr(response, "outputs", None)
+        if protos is None or not hasattr(protos, "keys"):
+            raise ServingError(f"serving: {source} is a {type(response).__name__}; expected a PredictResponse.")
+        task = self._task(signature_name)
+        outputs = {}
+        for key in self._needed(task, ""):
+            if key not in protos:
+                raise ServingError(f"serving: {source}: no {key!r} output for task {task!r} (found "
+                                   f"{sorted(protos.keys())}); expected the outputs of a keras_adapterfusion export.")
+            try:
+                outputs[key] = tf.make_ndarray(protos[key])
+            except (ValueError, TypeError) as e:
+                raise ServingError(f"serving: {source}: output {key!r} is not a valid tensor ({e}).") from e
+        return self._labels(task, outputs, "", source, num_texts)
 
-    def labels_by_task(self, outputs):
-        """For the `all_tasks` signature: dict task -> labels."""
-        return {t: self.labels_from_outputs(outputs, prefix=f"{t}_") for t in self.label_map["tasks"]}
+    def labels_by_task(self, outputs, num_texts=None):
+        """For the `all_tasks` signature: dict task -> labels.
+
+        Args:
+            outputs: dict output name -> array, with outputs `<task>_label_ids`, `<task>_probabilities`.
+            num_texts: if given, the number of rows every task's outputs must have.
+
+        Returns:
+            dict task -> labels, as `labels_from_outputs` gives them.
+
+        Raises:
+            ServingError: as for `labels_from_outputs`, naming the output at fault.
+        """
+        return {t: self.labels_from_outputs(outputs, prefix=f"{t}_", num_texts=num_texts)
+                for t in self.label_map["tasks"]}
 
     # ----------------------------------------------------------------- REST
     def predict_rest(self, server_url, model_name, texts, signature_name="serving_default", version=None,
                      timeout=30.0):
-        """POST `texts` to `{server_url}/v1/models/{model_name}[/versions/{v}]:predict`; return labels."""
-        url = f"{server_url.rstrip('/')}/v1/models/{model_name}"
+        """POST `texts` to `{server_url}/v1/models/{model_name}[/versions/{v}]:predict`; return labels.
+
+        Proxies from the environment (`http_proxy`, `https_proxy`, `no_proxy`) are used as `urllib` does.
+
+        Args:
+            server_url: TF Serving's REST address, e.g. `http://localhost:8501`.
+            model_name: the model name TF Serving serves the export under.
+            texts: as for `encode`.
+            signature_name: the signature to call.
+            version: a model version, or None for the latest.
+            timeout: seconds for the whole request: connecting (name lookup included), sending, and
+                reading the full reply. A finite number > 0.
+
+        Returns:
+            One label per text, as `labels_from_outputs` gives them.
+
+        Raises:
+            ValueError: `timeout` is not a finite number > 0, `server_url` is not an http(s) URL,
+                `texts` is empty, or `signature_name` names no task of the label map.
+            ServingError: the server cannot be reached (connection refused, unknown host), did not send the
+                whole reply within `timeout`, answered an HTTP error (status and the first 500 characters
+                of the body), a body that is not JSON (status, Content-Type and its first 100 characters),
+                or a response that fails the checks of `labels_from_rest`. The message names the URL.
+        """
+        timeout = _check_timeout(timeout)
+        url = f"{server_url.rstrip('/')}/v1/models/{urllib.parse.quote(str(model_name), safe='')}"
         if version is not None:
             url += f"/versions/{int(version)}"
         url += ":predict"
-        body = json.dumps(self.rest_request(texts, signature_name)).encode()
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as reply:
-                response = json.loads(reply.read().decode())
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:500]
-            raise ServingError(f"serving: {url} answered HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise ServingError(f"serving: cannot reach {url} ({e}).") from e
-        return self.labels_from_rest(response, signature_name)
+        request = self.rest_request(texts, signature_name)
+        self._task(signature_name)  # an unknown signature is the caller's error: say so before sending
+        body = json.dumps(request).encode()
+        status, content_type, data = _post(url, body, timeout)
+        response = _json_reply(url, status, content_type, data)
+        return self._labels_from_rest(response, signature_name, len(request["instances"]),
+                                      f"the reply from {url}")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_adapterfusion.io.directories import MANIFEST
 from conftest import TINY_BERT, max_abs
 
 pytestmark = pytest.mark.tensorflow_only
@@ -76,7 +77,7 @@ def keras_inputs(tokenizer_dir, texts=TEXTS):
 def test_layout_assets_and_models_config(exported):
     export_dir, path = exported
     assert path == os.path.join(export_dir, "tasks", "1")
-    assert sorted(os.listdir(path)) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    assert sorted(os.listdir(path)) == [MANIFEST, "assets", "fingerprint.pb", "saved_model.pb", "variables"]
     assets = sorted(os.listdir(os.path.join(path, "assets")))
     assert "label_map.json" in assets and "vocab.txt" in assets and "tokenizer.json" in assets
     label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
@@ -244,3 +245,52 @@ def test_export_errors_and_atomicity(models, tmp_path, monkeypatch):
         export_saved_model(models["fuse"], str(tmp_path), model_name="m", version=4, tokenizer=TINY_BERT)
     assert sorted(os.listdir(tmp_path / "m")) == ["3"]
     assert (tmp_path / "m" / "3" / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x: x.update(input_ids=x["input_ids"] * 0 + 1000), "input_ids: got 1000; expected integers in [0, 1000)"),
+    (lambda x: x.update(input_ids=x["input_ids"] * 0 - 1), "input_ids: got -1"),
+    (lambda x: x.update(token_type_ids=x["token_type_ids"] + 2), "token_type_ids: got 2; expected integers in [0, 2)"),
+    (lambda x: x.update(attention_mask=x["attention_mask"][:, :-1]), "attention_mask: got shape"),
+    (lambda x: x.update(attention_mask=x["attention_mask"] * 3), "attention_mask: got 3"),
+    (lambda x: x.update(**{k: np.ones((1, 600), "int64") for k in ("input_ids", "attention_mask",
+                                                                     "token_type_ids")}),
+     "input_ids: got sequences of 600 tokens; the encoder position table holds 130"),
+])
+def test_every_signature_refuses_invalid_inputs(exported, tokenizer_dir, change, message):
+    """In the SavedModel itself, so TF Serving answers INVALID_ARGUMENT with the same message."""
+    import tensorflow as tf
+
+    from keras_adapterfusion.inputs import input_error_from
+
+    _, path = exported
+    loaded = tf.saved_model.load(path)
+    x = keras_inputs(tokenizer_dir)
+    change(x)
+    for signature in ("serving_default", "single", "tags", "all_tasks"):
+        with pytest.raises(tf.errors.InvalidArgumentError) as e:
+            loaded.signatures[signature](**{k: tf.constant(v) for k, v in x.items()})
+        assert message in str(input_error_from(e.value)), (signature, e.value.message[:300])
+
+
+def test_rest_server_answers_invalid_argument(exported, tokenizer_dir):
+    from fake_tf_serving import serve
+
+    from keras_adapterfusion.errors import ServingError
+    from keras_adapterfusion.serving import ServingClient
+
+    _, path = exported
+    server, url = serve(path, "tasks")
+    try:
+        client = ServingClient.from_export(path)
+        body = client.rest_request(TEXTS)
+        body["instances"][0]["input_ids"][1] = 5000
+        import urllib.request
+
+        request = urllib.request.Request(f"{url}/v1/models/tasks:predict", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=30)
+        assert e.value.code == 400 and "input_ids: got 5000" in e.value.read().decode()
+    finally:
+        server.shutdown()

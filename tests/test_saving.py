@@ -10,10 +10,16 @@ import pytest
 from keras import ops
 from safetensors.numpy import load_file, save_file
 
-from conftest import BACKBONES, TINY_BERT, max_abs
+from conftest import BACKBONES, FUSION_CASE, TINY_BERT, max_abs
+from keras_adapterfusion.io.directories import MANIFEST
+from keras_adapterfusion.layers import AdapterSetup
 from keras_adapterfusion import (
     CheckpointError,
+    ClassificationHead,
     MultipleChoiceHead,
+    SaveError,
+    TokenClassificationHead,
+    adapterhub,
     builders,
     heads,
     load_encoder,
@@ -55,14 +61,14 @@ def test_native_round_trip_into_another_model(trained, tmp_path):
     saving.save_adapter(encoder, "b", tmp_path / "b")
     saving.save_fusion(encoder, ["a", "b"], tmp_path / "fusion")
     saving.save_head(model.head, tmp_path / "head", encoder)
-    assert sorted(os.listdir(tmp_path / "a")) == ["module.json", "weights.safetensors"]
+    assert sorted(os.listdir(tmp_path / "a")) == [MANIFEST, "module.json", "weights.safetensors"]
     size = sum(os.path.getsize(tmp_path / "a" / f) for f in os.listdir(tmp_path / "a"))
     assert size < 20_000  # small: the adapter only, not the encoder
 
     other = load_encoder(TINY_BERT)
     assert saving.load_adapter(other, tmp_path / "a") == "a"
     saving.load_adapter(other, tmp_path / "b")
-    assert saving.load_fusion(other, tmp_path / "fusion") == ["a", "b"]
+    assert saving.load_fusion(other, tmp_path / "fusion") == AdapterSetup.fuse(["a", "b"])
     head = saving.load_head(tmp_path / "head", other)
     rebuilt = builders.build_fusion_model(other, ["a", "b"], head=head)
     x = batch()
@@ -155,3 +161,117 @@ def test_wrong_kind_encoder_and_shape(trained, tmp_path):
         saving.load_fusion(fresh, tmp_path / "fusion")
     with pytest.raises(CheckpointError, match="no such directory"):
         saving.load_adapter(fresh, tmp_path / "missing")
+
+
+# --------------------------------------------------------- nothing is lost
+def test_a_save_never_replaces_files_it_did_not_write(trained, tmp_path, monkeypatch):
+    encoder, model = trained
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("mine")
+    monkeypatch.chdir(project)
+    for save in (lambda d: saving.save_adapter(encoder, "a", d), lambda d: saving.save_head(model.head, d, encoder),
+                 lambda d: adapterhub.save_adapter(encoder, "a", d), lambda d: adapterhub.save_fusion(encoder, ["a", "b"], d)):
+        for target in (".", "", str(project)):
+            with pytest.raises(SaveError):
+                save(target)
+    assert sorted(os.listdir(project)) == ["train.py"]
+    saving.save_adapter(encoder, "a", project / "adapter")
+    with pytest.raises(SaveError, match="holds a saved 'adapter'"):
+        saving.save_head(model.head, project / "adapter", encoder)
+    with pytest.raises(SaveError, match="holds a saved 'adapter'"):
+        adapterhub.save_adapter(encoder, "a", project / "adapter")
+
+
+def _run(*args):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "tensorflow"), TF_CPP_MIN_LOG_LEVEL="3")
+    script = os.path.join(os.path.dirname(__file__), "scripts", "crash_model_save.py")
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("when", ["mid-write", "before-replace"])
+def test_kill_during_keras_save_keeps_the_earlier_file(trained, tmp_path, when):
+    encoder, model = trained
+    path = tmp_path / "model.keras"
+    model.save(str(path))
+    before = path.read_bytes()
+    done = _run("keras", str(path), when)
+    assert done.returncode == -9, done.stderr[-1500:]
+    assert path.read_bytes() == before
+    x = batch()
+    assert max_abs(keras.saving.load_model(str(path))(x), model(x)) == 0.0
+    model.save(str(path))  # the next save replaces the stale partial file
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+
+
+@pytest.mark.backend_independent
+def test_kill_during_adapter_save_loads_one_of_the_two_saves(trained, tmp_path):
+    encoder, _ = trained
+    target = tmp_path / "a"
+    saving.save_adapter(encoder, "a", target)
+    done = _run("adapter", str(target), "swap:move-in")  # killed with the earlier save moved aside
+    assert done.returncode == -9, done.stderr[-1500:]
+    assert not target.exists()
+    fresh = load_encoder(TINY_BERT)
+    saving.load_adapter(fresh, target)  # finds the complete new save
+    assert any(max_abs(a, b) > 0 for a, b in zip(fresh.adapter_weights("a"), encoder.adapter_weights("a")))
+    saving.save_adapter(encoder, "a", target)
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+# ------------------------------------------------------------------ heads
+def test_head_configs_are_symmetric_and_refuse_what_they_cannot_use():
+    mc = MultipleChoiceHead(3, use_bias=False, label_names=["x", "y", "z"])
+    again = MultipleChoiceHead.from_config(mc.get_config())
+    assert again.use_bias is False and again.label_names == ["x", "y", "z"] and again.num_choices == 3
+    tag = TokenClassificationHead(4, use_bias=False)
+    assert TokenClassificationHead.from_config(tag.get_config()).use_bias is False
+    with pytest.raises(ValueError, match="TokenClassificationHead.use_pooler"):
+        TokenClassificationHead(4, use_pooler=True)
+    with pytest.raises(ValueError, match="MultipleChoiceHead.num_labels"):
+        MultipleChoiceHead(3, num_labels=2)
+    with pytest.raises(ValueError, match="label_names"):
+        ClassificationHead(2, label_names=["only one"])
+    with pytest.raises(ValueError, match="dropout"):
+        ClassificationHead(2, dropout="abc")
+
+
+def _head_dir(tmp_path, **config_changes):
+    src = os.path.join(FUSION_CASE, "head")
+    dst = tmp_path / "head"
+    shutil.copytree(src, dst)
+    meta = json.load(open(dst / "head_config.json"))
+    meta["config"].update(config_changes)
+    json.dump(meta, open(dst / "head_config.json", "w"))
+    return dst
+
+
+def test_adapterhub_multilabel_head_round_trip(tmp_path):
+    encoder = load_encoder(TINY_BERT)
+    head, name, label2id = adapterhub.load_head(_head_dir(tmp_path, head_type="multilabel_classification"), encoder)
+    assert head.problem_type == "multi_label" and head.head_type == "multilabel_classification"
+    assert heads.compile_arguments(head)["loss"].__class__.__name__ == "BinaryCrossentropy"
+    adapterhub.save_head(head, name, tmp_path / "out", encoder, label2id=label2id)
+    saved = json.load(open(tmp_path / "out" / "head_config.json"))
+    assert saved["config"]["head_type"] == "multilabel_classification"
+    again, _, _ = adapterhub.load_head(tmp_path / "out", encoder)
+    assert again.problem_type == "multi_label"
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(label2id={"a": 0, "b": 1}), "field 'label2id'"),
+    (dict(label2id={"a": 0, "b": 1, "c": 5}), "mapped to the ids 0..2"),
+    (dict(num_labels="3"), "field 'num_labels' is '3'"),
+    (dict(layers=0), "field 'layers' is 0"),
+    (dict(head_type="tagging"), "field 'head_type' is 'tagging'"),
+    (dict(dropout_prob="abc"), "field 'dropout_prob' is 'abc'"),
+    (dict(bias="yes"), "field 'bias' is 'yes'"),
+])
+def test_adapterhub_head_config_errors_name_file_and_field(tmp_path, changes, message):
+    with pytest.raises(CheckpointError, match=message) as e:
+        adapterhub.load_head(_head_dir(tmp_path, **changes), load_encoder(TINY_BERT))
+    assert "head_config.json" in str(e.value)

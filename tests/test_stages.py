@@ -275,7 +275,7 @@ def test_fusion_attention_heatmap(tmp_path):
     one = analysis.collect_fusion_attentions(model, batches[:1], verbose=0)
     p = ops.convert_to_numpy(model.encoder(batches[0][0], adapter_setup=model.adapter_setup)["fusion_attentions"])
     np.testing.assert_allclose(one, (p * mask[None, :, :, None]).sum((1, 2)) / mask.sum(), atol=1e-6)
-    path = analysis.plot_fusion_heatmap(mean, model.adapter_setup, str(tmp_path / "heat.png"))
+    path = analysis.plot_fusion_heatmap(mean, model.adapter_setup.adapters, str(tmp_path / "heat.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     callback = analysis.FusionAttentionCallback(batches, str(tmp_path / "cb"))

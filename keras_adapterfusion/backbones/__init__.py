@@ -1,6 +1,32 @@
-"""The encoder backbone and its Hugging Face checkpoint converters."""
+"""The encoder backbone and its Hugging Face checkpoint converters.
 
-from keras_adapterfusion.backbones.huggingface import load_encoder, load_tokenizer
-from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
+- `transformer_encoder`: `TransformerEncoder`, the Keras encoder with adapter slots.
+- `checkpoint`: finding checkpoint directories and reading `config.json` (pure Python).
+- `converters`: one key table per Hugging Face `model_type`.
+- `huggingface`: `load_encoder`, `load_tokenizer`.
 
-__all__ = ["TransformerEncoder", "load_encoder", "load_tokenizer"]
+The names below load on first use, so `backbones.checkpoint` can be imported
+without Keras (the command line checks an encoder before it imports TensorFlow).
+"""
+
+import importlib
+
+_LAZY = {
+    "TransformerEncoder": "keras_adapterfusion.backbones.transformer_encoder",
+    "load_encoder": "keras_adapterfusion.backbones.huggingface",
+    "load_tokenizer": "keras_adapterfusion.backbones.huggingface",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_adapterfusion.backbones' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

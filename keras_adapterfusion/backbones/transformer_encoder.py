@@ -4,14 +4,10 @@ import keras
 from keras import ops
 
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
-from keras_adapterfusion.layers.transformer_block import (
-    TransformerBlock,
-    fusion_key,
-    fusion_names,
-    normalize_setup,
-    setup_token,
-)
+from keras_adapterfusion.layers.transformer_block import TransformerBlock
+from keras_adapterfusion.names import check_name
 
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
@@ -37,14 +33,17 @@ class TransformerEncoder(keras.layers.Layer):
         use_pooler: add the `tanh` pooler over the first token.
         model_type: Hugging Face `model_type` this encoder mirrors.
         adapters: dict name -> `AdapterConfig` dict, added at construction.
-        fusions: dict fusion name -> `{"adapters": [...], "config": {...}}`.
+        fusions: dict fusion key -> `{"adapters": [...], "config": {...}, "name": ...}`.
         fusion_reference_form: compute fusion in AdapterHub's literal form.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: dict with `input_ids`, optional `attention_mask` and
             `token_type_ids` (int `[batch, tokens]`).
-        adapter_setup: `None`, an adapter name, or a list of names to fuse.
+        adapter_setup: `None`, an adapter name, a list of names to fuse, or an
+            `AdapterSetup` (e.g. a named fusion, or a per-row setup).
+        adapter_index: for a per-row setup, int `[batch]`: which of its
+            adapters each example runs.
         output_hidden_states: also return every block's output.
         training: Python bool.
 
@@ -151,8 +150,8 @@ class TransformerEncoder(keras.layers.Layer):
         self.fusion_specs = {}
         for name, config in (adapters or {}).items():
             self.add_adapter(name, config)
-        for _, spec in (fusions or {}).items():
-            self.add_fusion(spec["adapters"], spec["config"])
+        for spec in (fusions or {}).values():
+            self.add_fusion(spec["adapters"], spec["config"], name=spec.get("name"))
 
     def build(self, input_shape=None):
         shape = (None, None, self.hidden_size)
@@ -166,9 +165,11 @@ class TransformerEncoder(keras.layers.Layer):
     def add_adapter(self, name, config="seq_bn"):
         """Add adapter `name` (an `AdapterConfig`, preset name or dict) to every block.
 
-        Blocks listed in the config's `leave_out` get none. Raises `ValueError`
-        if the name is taken or the config is invalid; nothing is added then.
+        Blocks listed in the config's `leave_out` get none. Everything is checked
+        first (the name rule of `keras_adapterfusion.names`, the config, its
+        `leave_out` and per-block reduction factors); on an error nothing is added.
         """
+        check_name(name, "adapter name")
         config = AdapterConfig.get(config)
         if name in self.adapter_configs:
             raise ValueError(f"add_adapter: adapter {name!r} already exists; expected a new name.")
@@ -183,19 +184,29 @@ class TransformerEncoder(keras.layers.Layer):
             block.add_adapter(name, config)
         self.adapter_configs[name] = config
 
-    def add_fusion(self, adapter_names, config="dynamic"):
-        """Add a fusion layer over `adapter_names` to every block. Returns its name."""
-        names = fusion_names(adapter_names)
+    def add_fusion(self, adapter_names, config="dynamic", name=None):
+        """Add a fusion layer over `adapter_names` to every block. Returns its key.
+
+        Args:
+            adapter_names: two or more adapters of this encoder.
+            config: a `FusionConfig`, preset name (`"dynamic"`, `"static"`) or dict.
+            name: an optional name. Without one the fusion is keyed as AdapterHub
+                keys it, by its adapters' names joined by commas, so one fusion
+                per set of adapters; with names, several fusions over the same
+                adapters (for different targets) coexist. Run a named fusion with
+                `AdapterSetup.fuse(adapter_names, name=name)`.
+        """
+        setup = AdapterSetup.fuse(adapter_names, name)
+        names = setup.adapters
         missing = [n for n in names if n not in self.adapter_configs]
         if missing:
             raise ValueError(
                 f"add_fusion: unknown adapter(s) {missing}; expected names from {sorted(self.adapter_configs)}."
             )
         config = FusionConfig.get(config)
-        key = fusion_key(names)
+        key = setup.fusion_key
         if key in self.fusion_specs:
-            raise ValueError(f"add_fusion: fusion {key!r} already exists.")
-        # Validate on the first block (same rule everywhere) before changing any.
+            raise ValueError(f"add_fusion: fusion {key!r} already exists; give the new one another name.")
         flags = {n: (self.adapter_configs[n].mh_adapter, self.adapter_configs[n].output_adapter) for n in names}
         if len(set(flags.values())) > 1:
             raise ValueError(
@@ -204,8 +215,8 @@ class TransformerEncoder(keras.layers.Layer):
                 + "."
             )
         for block in self.blocks:
-            block.add_fusion(names, config)
-        self.fusion_specs[key] = {"adapters": list(names), "config": config}
+            block.add_fusion(names, config, name=name)
+        self.fusion_specs[key] = {"adapters": list(names), "config": config, "name": name}
         return key
 
     @property
@@ -220,36 +231,57 @@ class TransformerEncoder(keras.layers.Layer):
                 out.extend(layer.weights)
         return out
 
-    def fusion_weights(self, names):
+    def fusion_weights(self, fusion):
+        """All variables of a fusion (its key, an `AdapterSetup`, or its adapters' names), across blocks."""
+        key = self.fusion_key(fusion)
         out = []
         for block in self.blocks:
-            for layer in block.fusion_layers(names).values():
+            for layer in block.fusion_layers(key).values():
                 out.extend(layer.weights)
         return out
 
+    def fusion_key(self, fusion):
+        """The key of a fusion given as its key, an `AdapterSetup`, or a list of its adapters' names."""
+        if isinstance(fusion, str) and fusion in self.fusion_specs:
+            return fusion
+        setup = AdapterSetup.parse(fusion)
+        if setup is None or setup.kind != "fuse":
+            raise ValueError(f"fusion: got {fusion!r}; expected a fusion key, an AdapterSetup or a list of two "
+                             f"or more adapter names (fusions: {sorted(self.fusion_specs)}).")
+        if setup.fusion_key not in self.fusion_specs:
+            raise ValueError(f"fusion: no fusion {setup.fusion_key!r}; expected one of {sorted(self.fusion_specs)}.")
+        return setup.fusion_key
+
     def check_setup(self, adapter_setup):
-        """Validate `adapter_setup` against the adapters and fusions present."""
-        setup = normalize_setup(adapter_setup)
+        """Parse `adapter_setup` into an `AdapterSetup` and check it against the adapters and fusions present."""
+        setup = AdapterSetup.parse(adapter_setup)
         if setup is None:
             return None
-        kind, names = setup
-        names = (names,) if kind == "single" else names
-        missing = [n for n in names if n not in self.adapter_configs]
+        missing = [n for n in setup.adapters if n not in self.adapter_configs]
         if missing:
             raise ValueError(
                 f"adapter_setup: unknown adapter(s) {missing}; expected names from {sorted(self.adapter_configs)}."
             )
-        if kind == "fuse" and fusion_key(names) not in self.fusion_specs:
+        if setup.kind == "fuse" and setup.fusion_key not in self.fusion_specs:
             raise ValueError(
-                f"adapter_setup: no fusion over {list(names)}; expected one of {sorted(self.fusion_specs)}."
+                f"adapter_setup: no fusion {setup.fusion_key!r} over {list(setup.adapters)}; expected one of "
+                f"{sorted(self.fusion_specs)} (add it with add_fusion)."
             )
         return setup
 
     # -------------------------------------------------------------- forward
-    def __call__(self, inputs, adapter_setup=None, **kwargs):
-        return super().__call__(inputs, adapter_setup=setup_token(adapter_setup), **kwargs)
+    def __call__(self, inputs, adapter_setup=None, adapter_index=None, **kwargs):
+        from keras_adapterfusion.inputs import check_inputs
 
-    def call(self, inputs, adapter_setup=None, output_hidden_states=False, training=None):
+        setup = self.check_setup(adapter_setup)
+        check_inputs(inputs, self, adapter_index=adapter_index,
+                     num_adapters=len(setup.adapters) if setup is not None and setup.kind == "per_row" else None)
+        token = None if setup is None else setup.token()
+        if adapter_index is not None:
+            kwargs["adapter_index"] = adapter_index
+        return super().__call__(inputs, adapter_setup=token, **kwargs)
+
+    def call(self, inputs, adapter_setup=None, adapter_index=None, output_hidden_states=False, training=None):
         if not isinstance(inputs, dict) or "input_ids" not in inputs:
             raise ValueError(
                 "TransformerEncoder inputs: expected a dict with 'input_ids' (and optionally "
@@ -257,14 +289,15 @@ class TransformerEncoder(keras.layers.Layer):
                 + (f" with keys {sorted(inputs)}" if isinstance(inputs, dict) else "")
                 + "."
             )
-        setup = self.check_setup(adapter_setup)
+        setup = AdapterSetup.parse(adapter_setup)
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         x = self.embeddings(input_ids, inputs.get("token_type_ids"), training=training)
         hidden = [x]
         mh_probs, out_probs = [], []
         for block in self.blocks:
-            x, p_mh, p_out = block(x, attention_mask=mask, adapter_setup=setup, training=training)
+            x, p_mh, p_out = block(x, attention_mask=mask, adapter_setup=setup, adapter_index=adapter_index,
+                                   training=training)
             hidden.append(x)
             mh_probs.append(p_mh)
             out_probs.append(p_out)
@@ -273,8 +306,8 @@ class TransformerEncoder(keras.layers.Layer):
             outputs["pooler_output"] = self.pooler(x[:, 0, :])
         if output_hidden_states:
             outputs["hidden_states"] = ops.stack(hidden, axis=0)
-        if setup is not None and setup[0] == "fuse":
-            n = len(setup[1])
+        if setup is not None and setup.kind == "fuse":
+            n = len(setup.adapters)
             for key, probs in (("mh_fusion_attentions", mh_probs), ("fusion_attentions", out_probs)):
                 if all(p is None for p in probs):
                     continue
@@ -303,7 +336,7 @@ class TransformerEncoder(keras.layers.Layer):
             model_type=self.model_type,
             adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
             fusions={
-                k: {"adapters": list(s["adapters"]), "config": s["config"].to_dict()}
+                k: {"adapters": list(s["adapters"]), "config": s["config"].to_dict(), "name": s["name"]}
                 for k, s in self.fusion_specs.items()
             },
             fusion_reference_form=self.fusion_reference_form,

@@ -1,15 +1,17 @@
-"""Keras layers: adapters, fusion, the transformer block with adapter slots, heads."""
+"""Keras layers: adapters, fusion, the transformer block with adapter slots, heads; and `AdapterSetup`."""
 
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
 from keras_adapterfusion.layers.classification_head import ClassificationHead
 from keras_adapterfusion.layers.multiple_choice_head import MultipleChoiceHead
-from keras_adapterfusion.layers.token_classification_head import TokenClassificationHead
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
+from keras_adapterfusion.layers.token_classification_head import TokenClassificationHead
 from keras_adapterfusion.layers.transformer_block import TransformerBlock
 
 __all__ = [
     "AdapterFusion",
+    "AdapterSetup",
     "BottleneckAdapter",
     "ClassificationHead",
     "MultipleChoiceHead",

@@ -167,6 +167,10 @@ class AdapterFusion(keras.layers.Layer):
             )
         self.score_dropout = keras.layers.Dropout(self.dropout_prob, dtype=self.dtype_policy)
 
+    def non_trainable_state(self):
+        """Weights this layer never trains (the annealed temperature), for `trainable.spec_trainable_weights`."""
+        return [self.temperature_value] if self.temperature else []
+
     def regularization_loss(self):
         """`regularization_weight * ||I - V||_F^2` (0 when there is no `V`)."""
         if not self.use_value:

@@ -7,6 +7,19 @@ from keras_adapterfusion.layers.activations import get_activation
 HEAD_TYPES = ("classification", "multilabel_classification", "regression")
 
 
+def check_label_names(owner, label_names, count):
+    """`label_names` as a list of `count` distinct non-empty strings (or None); `ValueError` otherwise."""
+    if label_names is None:
+        return None
+    if isinstance(label_names, str) or not isinstance(label_names, (list, tuple)):
+        raise ValueError(f"{owner}.label_names: got {label_names!r}; expected a list of {count} names.")
+    names = list(label_names)
+    if len(names) != count or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{owner}.label_names: got {names!r}; expected {count} distinct non-empty strings, "
+                         "one per output.")
+    return names
+
+
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
 class ClassificationHead(keras.layers.Layer):
     """A classification head on the first token, as AdapterHub's `add_classification_head`.
@@ -27,6 +40,8 @@ class ClassificationHead(keras.layers.Layer):
         head_type: `"classification"` (softmax cross-entropy; mean squared
             error when `num_labels == 1`, as AdapterHub), `"multilabel_classification"`
             (sigmoid cross-entropy) or `"regression"` (one output, MSE).
+        label_names: optional names of the outputs (one per label), kept in
+            the config so that saved heads, `.keras` files and exports carry them.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -54,6 +69,7 @@ class ClassificationHead(keras.layers.Layer):
         use_pooler=False,
         use_bias=True,
         head_type="classification",
+        label_names=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +83,12 @@ class ClassificationHead(keras.layers.Layer):
             raise ValueError(f"ClassificationHead.layers: got {layers!r}; expected an int >= 1.")
         if activation is not None:
             get_activation(activation)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{type(self).__name__}.dropout: got {dropout!r}; expected a rate in [0, 1).")
+        for flag, value in (("use_pooler", use_pooler), ("use_bias", use_bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{type(self).__name__}.{flag}: got {value!r}; expected True or False.")
+        self.label_names = check_label_names(type(self).__name__, label_names, num_labels)
         self.num_labels = num_labels
         self.num_layers = layers
         self.activation = activation
@@ -131,5 +153,6 @@ class ClassificationHead(keras.layers.Layer):
             use_pooler=self.use_pooler,
             use_bias=self.use_bias,
             head_type=self.head_type,
+            label_names=self.label_names,
         )
         return config

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_adapterfusion.layers.classification_head import ClassificationHead
+from keras_adapterfusion.layers.classification_head import ClassificationHead, check_label_names
 
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
@@ -22,6 +22,8 @@ class MultipleChoiceHead(ClassificationHead):
         activation: activation of the hidden layers.
         dropout: dropout before each dense layer.
         use_pooler: read the pooler output instead of the first token.
+        use_bias: give the scoring layer a bias.
+        label_names: optional names of the choices (e.g. `["A", "B", "C"]`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -42,14 +44,18 @@ class MultipleChoiceHead(ClassificationHead):
 
     flattens_choices = True
 
-    def __init__(self, num_choices, layers=2, activation="tanh", dropout=0.1, use_pooler=False, **kwargs):
-        kwargs.pop("num_labels", None)
-        kwargs.pop("head_type", None)
+    def __init__(self, num_choices, layers=2, activation="tanh", dropout=0.1, use_pooler=False, use_bias=True,
+                 label_names=None, **kwargs):
+        for key in ("num_labels", "head_type"):
+            if key in kwargs:
+                raise ValueError(f"MultipleChoiceHead.{key}: got {kwargs[key]!r}; a multiple-choice head gives one "
+                                 "score per choice (set num_choices), so it takes no such argument.")
         super().__init__(num_labels=1, layers=layers, activation=activation, dropout=dropout,
-                         use_pooler=use_pooler, **kwargs)
+                         use_pooler=use_pooler, use_bias=use_bias, **kwargs)
         if isinstance(num_choices, bool) or not isinstance(num_choices, int) or num_choices < 2:
             raise ValueError(f"MultipleChoiceHead.num_choices: got {num_choices!r}; expected an int >= 2.")
         self.num_choices = num_choices
+        self.label_names = check_label_names("MultipleChoiceHead", label_names, num_choices)
 
     @property
     def problem_type(self):
@@ -66,6 +72,5 @@ class MultipleChoiceHead(ClassificationHead):
         config = super().get_config()
         config.pop("num_labels")
         config.pop("head_type")
-        config.pop("use_bias")
         config["num_choices"] = self.num_choices
         return config

@@ -20,6 +20,8 @@ class TokenClassificationHead(ClassificationHead):
         layers: dense layers.
         activation: activation of the hidden layers.
         dropout: dropout before each dense layer.
+        use_bias: give the output layer a bias.
+        label_names: optional names of the tags.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -38,12 +40,16 @@ class TokenClassificationHead(ClassificationHead):
         - [Tjong Kim Sang and De Meulder, 2003 (CoNLL-2003)](https://aclanthology.org/W03-0419)
     """
 
-    def __init__(self, num_labels, layers=1, activation="tanh", dropout=0.1, **kwargs):
-        for key in ("head_type", "use_pooler", "use_bias"):
-            kwargs.pop(key, None)
+    def __init__(self, num_labels, layers=1, activation="tanh", dropout=0.1, use_bias=True, label_names=None,
+                 **kwargs):
+        for key in ("use_pooler", "head_type"):
+            if key in kwargs:
+                raise ValueError(f"TokenClassificationHead.{key}: got {kwargs[key]!r}; a tagging head scores every "
+                                 "token with a softmax, so it takes no such argument.")
         if isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels < 2:
             raise ValueError(f"TokenClassificationHead.num_labels: got {num_labels!r}; expected an int >= 2.")
-        super().__init__(num_labels, layers=layers, activation=activation, dropout=dropout, **kwargs)
+        super().__init__(num_labels, layers=layers, activation=activation, dropout=dropout, use_bias=use_bias,
+                         label_names=label_names, **kwargs)
 
     @property
     def problem_type(self):
@@ -57,6 +63,6 @@ class TokenClassificationHead(ClassificationHead):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("head_type", "use_pooler", "use_bias"):
+        for key in ("head_type", "use_pooler"):  # fixed for a tagging head
             config.pop(key)
         return config

@@ -6,67 +6,11 @@ from keras import ops
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 from keras_adapterfusion.layers.activations import get_activation
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup, fusion_key
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
+from keras_adapterfusion.names import check_name, path_part
 
 SLOTS = ("mh", "output")
-
-
-def normalize_setup(setup):
-    """Canonical form of an adapter setup.
-
-    `None` (no adapters), a name (one adapter), or a list/tuple of at least two
-    names (fusion over them; also written as one comma-joined string, AdapterHub's
-    fusion name) become `None`, `("single", name)` or `("fuse", (names...))`.
-    """
-    if setup is None:
-        return None
-    if isinstance(setup, (list, tuple)) and len(setup) == 2 and setup[0] in ("single", "fuse"):
-        return normalize_setup(setup[1] if setup[0] == "single" else list(setup[1]))
-    if isinstance(setup, str) and "," in setup:
-        setup = setup.split(",")
-    if isinstance(setup, str) and setup:
-        return ("single", setup)
-    if isinstance(setup, (list, tuple)) and all(isinstance(n, str) and n and "," not in n for n in setup):
-        names = tuple(setup)
-        if len(names) < 2:
-            raise ValueError(
-                f"adapter_setup: got {list(setup)}; a fusion needs at least two adapters "
-                "(pass the name alone to run one adapter)."
-            )
-        if len(set(names)) != len(names):
-            raise ValueError(f"adapter_setup: got {list(setup)} with repeated names; expected distinct adapter names.")
-        return ("fuse", names)
-    raise ValueError(
-        f"adapter_setup: got {setup!r}; expected None, an adapter name, or a list of two or "
-        "more adapter names to fuse."
-    )
-
-
-def fusion_names(adapter_names):
-    """The names of a fusion given as a list or a comma-joined string; at least two."""
-    setup = normalize_setup(list(adapter_names) if isinstance(adapter_names, (list, tuple)) else adapter_names)
-    if setup is None or setup[0] != "fuse":
-        raise ValueError(
-            f"fusion: got {adapter_names!r}; expected a list of two or more adapter names."
-        )
-    return setup[1]
-
-
-def setup_token(setup):
-    """The setup as a plain string (or `None`): a name, or fused names joined by commas.
-
-    Keras passes plain strings through symbolic tracing untouched on every
-    backend, so layers receive the setup in this form.
-    """
-    setup = normalize_setup(setup)
-    if setup is None:
-        return None
-    return setup[1] if setup[0] == "single" else fusion_key(setup[1])
-
-
-def fusion_key(names):
-    """AdapterHub's name for the fusion over `names`: the names joined by commas."""
-    return ",".join(names)
 
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
@@ -95,14 +39,17 @@ class TransformerBlock(keras.layers.Layer):
         block_index: index of this block in the encoder (for `leave_out` and
             per-block reduction factors).
         adapters: dict adapter name -> `AdapterConfig` dict (for `from_config`).
-        fusions: dict fusion name -> `{"adapters": [...], "config": {...}}`.
+        fusions: dict fusion key -> `{"adapters": [...], "config": {...}, "name": ...}`.
         fusion_reference_form: compute fusion in AdapterHub's literal form.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
         hidden_states: `[batch, tokens, hidden]`.
         attention_mask: `[batch, tokens]`, 1 for real tokens, 0 for padding.
-        adapter_setup: `None`, an adapter name, or a list of names to fuse.
+        adapter_setup: `None`, an adapter name, a list of names to fuse, or an
+            `AdapterSetup`.
+        adapter_index: for a per-row setup, int `[batch]`: which of its
+            adapters each example runs.
         training: Python bool.
 
     Returns:
@@ -163,8 +110,8 @@ class TransformerBlock(keras.layers.Layer):
         self.output_fusions = {}
         for name, config in (adapters or {}).items():
             self.add_adapter(name, config)
-        for name, spec in (fusions or {}).items():
-            self.add_fusion(spec["adapters"], spec["config"])
+        for spec in (fusions or {}).values():
+            self.add_fusion(spec["adapters"], spec["config"], name=spec.get("name"))
 
     # ------------------------------------------------------------------ build
     def _dense(self, units, name):
@@ -212,13 +159,16 @@ class TransformerBlock(keras.layers.Layer):
         return (self.mh_adapters, self.output_adapters, self.mh_fusions, self.output_fusions)
 
     def _build_adapter_layer(self, layer):
+        """Build an adapter or fusion layer inside this block's name scope, so that its
+        weights get paths like `encoder/block_3/output_adapter_s/down/kernel`."""
         if layer.built:
             return
         shape = self._adapter_input_shape
-        if isinstance(layer, AdapterFusion):
-            layer.build(shape, shape[:-1] + (None, shape[-1]), shape)
-        else:
-            layer.build(shape)
+        with keras.name_scope(self.name, caller=self):
+            if isinstance(layer, AdapterFusion):
+                layer.build(shape, shape[:-1] + (None, shape[-1]), shape)
+            else:
+                layer.build(shape)
 
     # ------------------------------------------------------- adding adapters
     def _track(self, container, key, layer):
@@ -236,42 +186,45 @@ class TransformerBlock(keras.layers.Layer):
     def add_adapter(self, name, config="seq_bn"):
         """Add a bottleneck adapter called `name` in the slots `config` asks for.
 
-        Returns True when the adapter went into this block, False when the
-        config's `leave_out` excludes the block.
+        Everything is checked before the block changes. Returns True when the
+        adapter went into this block, False when the config's `leave_out`
+        excludes the block.
         """
-        if not isinstance(name, str) or not name or "," in name:
-            raise ValueError(
-                f"adapter name: got {name!r}; expected a non-empty string without commas."
-            )
+        check_name(name, "adapter name")
         if name in self.adapter_configs:
             raise ValueError(f"adapter name: {name!r} is already in block {self.block_index}; expected a new name.")
         config = AdapterConfig.get(config)
-        self.adapter_configs[name] = config
         if not config.in_block(self.block_index):
+            self.adapter_configs[name] = config
             return False
-        for slot in config.slots():
-            layer = BottleneckAdapter.from_adapter_config(
-                config,
-                self.hidden_size,
-                self.block_index,
-                dtype=self.dtype_policy,
-                name=f"{slot}_adapter_{name}",
+        layers = {
+            slot: BottleneckAdapter.from_adapter_config(
+                config, self.hidden_size, self.block_index, dtype=self.dtype_policy, name=f"{slot}_adapter_{path_part(name)}",
             )
+            for slot in config.slots()
+        }
+        self.adapter_configs[name] = config
+        for slot, layer in layers.items():
             self._track(self._slot_adapters(slot), name, layer)
         return True
 
-    def add_fusion(self, adapter_names, config="dynamic"):
-        """Add a fusion layer over `adapter_names` (in every slot they share)."""
-        names = fusion_names(adapter_names)
+    def add_fusion(self, adapter_names, config="dynamic", name=None):
+        """Add a fusion layer over `adapter_names` (in every slot they share); returns its key.
+
+        `name` names the fusion (several fusions over the same adapters can then
+        coexist); without it the key is AdapterHub's, the names joined by commas.
+        """
+        setup = AdapterSetup.fuse(adapter_names, name)
+        names = setup.adapters
         for n in names:
             if n not in self.adapter_configs:
                 raise ValueError(
                     f"add_fusion: adapter {n!r} is not in block {self.block_index}; "
                     f"expected one of {sorted(self.adapter_configs)}."
                 )
-        key = fusion_key(names)
+        key = setup.fusion_key
         if key in self.fusion_specs:
-            raise ValueError(f"add_fusion: a fusion {key!r} already exists; expected a new set of adapters.")
+            raise ValueError(f"add_fusion: a fusion {key!r} already exists; expected a new name or set of adapters.")
         configs = [self.adapter_configs[n] for n in names]
         for flag in ("mh_adapter", "output_adapter"):
             values = {n: getattr(c, flag) for n, c in zip(names, configs)}
@@ -280,17 +233,20 @@ class TransformerBlock(keras.layers.Layer):
                     f"add_fusion: fused adapters must share {flag}; got {values}."
                 )
         config = FusionConfig.get(config)
-        self.fusion_specs[key] = {"adapters": list(names), "config": config}
         # Like AdapterHub, every block gets the fusion layer, also blocks whose
         # adapters are all left out (there it holds weights but does not run).
-        for slot in configs[0].slots():
-            layer = AdapterFusion.from_fusion_config(
+        layers = {
+            slot: AdapterFusion.from_fusion_config(
                 config,
                 dropout_prob=self.attention_dropout,
                 reference_form=self.fusion_reference_form,
                 dtype=self.dtype_policy,
-                name=f"{slot}_fusion_{key.replace(',', '_')}",
+                name=f"{slot}_fusion_{path_part(key)}",
             )
+            for slot in configs[0].slots()
+        }
+        self.fusion_specs[key] = {"adapters": list(names), "config": config, "name": name}
+        for slot, layer in layers.items():
             self._track(self._slot_fusions(slot), key, layer)
         return key
 
@@ -317,8 +273,8 @@ class TransformerBlock(keras.layers.Layer):
         """The `BottleneckAdapter` layers of adapter `name` in this block, by slot."""
         return {s: self._slot_adapters(s)[name] for s in SLOTS if name in self._slot_adapters(s)}
 
-    def fusion_layers(self, names):
-        key = names if isinstance(names, str) else fusion_key(names)
+    def fusion_layers(self, key):
+        """The `AdapterFusion` layers of the fusion with key `key` in this block, by slot."""
         return {s: self._slot_fusions(s)[key] for s in SLOTS if key in self._slot_fusions(s)}
 
     # ------------------------------------------------------------- forward
@@ -346,29 +302,43 @@ class TransformerBlock(keras.layers.Layer):
             return norm(out + x)
         return out
 
-    def _slot(self, slot, h, x, norm, setup, training):
+    def _single(self, slot, name, h, x, norm, training):
+        adapters = self._slot_adapters(slot)
+        if name not in adapters:
+            return norm(h + x)
+        config = self.adapter_configs[name]
+        a, _, residual = self._pre_forward(config, h, x, norm)
+        out = adapters[name](a, residual, training=training)
+        return self._post_forward(config, out, x, norm)
+
+    def _slot(self, slot, h, x, norm, setup, adapter_index, training):
         if setup is None:
             return norm(h + x), None
-        kind, names = setup
+        if setup.kind == "single":
+            return self._single(slot, setup.adapters[0], h, x, norm, training), None
+        if setup.kind == "per_row":
+            # Every example takes the output of the adapter its index selects; the
+            # adapters are small, so running each on the whole batch is cheap.
+            out = None
+            for i, name in enumerate(setup.adapters):
+                candidate = self._single(slot, name, h, x, norm, training)
+                if out is None:
+                    out = candidate
+                else:
+                    chosen = ops.reshape(ops.equal(adapter_index, i), (-1, 1, 1))
+                    out = ops.where(chosen, candidate, out)
+            return out, None
         adapters = self._slot_adapters(slot)
-        if kind == "single":
-            if names not in adapters:
-                return norm(h + x), None
-            config = self.adapter_configs[names]
-            a, _, residual = self._pre_forward(config, h, x, norm)
-            out = adapters[names](a, residual, training=training)
-            return self._post_forward(config, out, x, norm), None
-        present = [n for n in names if n in adapters]
+        present = [n for n in setup.adapters if n in adapters]
         if not present:
             return norm(h + x), None
-        key = fusion_key(names)
         fusions = self._slot_fusions(slot)
-        if key not in fusions:
+        if setup.fusion_key not in fusions:
             raise ValueError(
-                f"adapter_setup: no fusion over {list(names)} in block {self.block_index}; "
+                f"adapter_setup: no fusion {setup.fusion_key!r} in block {self.block_index}; "
                 f"expected one of {sorted(self.fusion_specs)} (add it with add_fusion)."
             )
-        fusion = fusions[key]
+        fusion = fusions[setup.fusion_key]
         # AdapterHub: the last fused adapter's config decides the residual.
         config = self.adapter_configs[present[-1]]
         a, query, residual = self._pre_forward(config, h, x, norm, fusion.query_before_ln)
@@ -398,18 +368,22 @@ class TransformerBlock(keras.layers.Layer):
         return ctx
 
     def __call__(self, hidden_states, attention_mask=None, adapter_setup=None, **kwargs):
-        return super().__call__(hidden_states, attention_mask, adapter_setup=setup_token(adapter_setup), **kwargs)
+        setup = AdapterSetup.parse(adapter_setup)
+        token = None if setup is None else setup.token()
+        return super().__call__(hidden_states, attention_mask, adapter_setup=token, **kwargs)
 
-    def call(self, hidden_states, attention_mask=None, adapter_setup=None, training=None):
-        setup = normalize_setup(adapter_setup)
+    def call(self, hidden_states, attention_mask=None, adapter_setup=None, adapter_index=None, training=None):
+        setup = AdapterSetup.parse(adapter_setup)
+        if setup is not None and setup.kind == "per_row" and adapter_index is None:
+            raise ValueError("TransformerBlock: a per-row adapter setup needs adapter_index ([batch] ints).")
         x = hidden_states
         h = self.hidden_dropout_layer(
             self.attention_output_dense(self._attention(x, attention_mask, training)), training=training
         )
-        x1, mh_probs = self._slot("mh", h, x, self.attention_norm, setup, training)
+        x1, mh_probs = self._slot("mh", h, x, self.attention_norm, setup, adapter_index, training)
         inter = self._act(self.intermediate_dense(x1))
         h2 = self.hidden_dropout_layer(self.output_dense(inter), training=training)
-        out, out_probs = self._slot("output", h2, x1, self.output_norm, setup, training)
+        out, out_probs = self._slot("output", h2, x1, self.output_norm, setup, adapter_index, training)
         return out, mh_probs, out_probs
 
     def get_config(self):
@@ -425,7 +399,7 @@ class TransformerBlock(keras.layers.Layer):
             block_index=self.block_index,
             adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
             fusions={
-                k: {"adapters": list(s["adapters"]), "config": s["config"].to_dict()}
+                k: {"adapters": list(s["adapters"]), "config": s["config"].to_dict(), "name": s["name"]}
                 for k, s in self.fusion_specs.items()
             },
             fusion_reference_form=self.fusion_reference_form,

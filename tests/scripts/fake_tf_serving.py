@@ -42,7 +42,10 @@ def serve(version_dir, model_name, port=0):
                 return self._reply(400, {"error": f"Serving signature name: \"{signature}\" not found"})
             instances = request["instances"]
             inputs = {k: tf.constant(np.array([inst[k] for inst in instances], np.int64)) for k in instances[0]}
-            outputs = {k: v.numpy() for k, v in loaded.signatures[signature](**inputs).items()}
+            try:
+                outputs = {k: v.numpy() for k, v in loaded.signatures[signature](**inputs).items()}
+            except tf.errors.InvalidArgumentError as e:  # TF Serving: 400 with the op's message
+                return self._reply(400, {"error": e.message})
             predictions = [{k: v[i].tolist() for k, v in outputs.items()} for i in range(len(instances))]
             return self._reply(200, {"predictions": predictions})
 

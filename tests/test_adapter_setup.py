@@ -1,0 +1,231 @@
+"""The adapter set-up value type, the naming rule, unique weight paths, named fusions, MT-A routing."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import TINY_BERT, max_abs
+from keras_adapterfusion import (
+    AdapterModel,
+    AdapterSetup,
+    ClassificationHead,
+    InvalidNameError,
+    TransformerEncoder,
+    adapterhub,
+    builders,
+    load_encoder,
+    saving,
+)
+from keras_adapterfusion.names import check_name, path_part
+
+
+def tiny(num_layers=2):
+    enc = TransformerEncoder(vocab_size=60, hidden_size=16, num_layers=num_layers, num_heads=2,
+                             intermediate_size=32, max_positions=16, hidden_dropout=0.0, attention_dropout=0.0)
+    enc.build()
+    return enc
+
+
+def batch(b=4, t=7, seed=0, vocab=60):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, (b, t)).astype("int32")
+    mask = np.ones_like(ids)
+    mask[1, 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def perturb(variables, seed):
+    rng = np.random.default_rng(seed)
+    for v in variables:
+        v.assign(ops.convert_to_numpy(v) + rng.normal(0, 0.3, v.shape).astype("float32"))
+
+
+# ------------------------------------------------------------ AdapterSetup
+@pytest.mark.parametrize("value, kind, adapters, key", [
+    ("a", "single", ("a",), None),
+    (["a", "b"], "fuse", ("a", "b"), "a,b"),
+    ("a,b", "fuse", ("a", "b"), "a,b"),
+    (("a", "b", "c"), "fuse", ("a", "b", "c"), "a,b,c"),
+    (AdapterSetup.fuse(["a", "b"], name="target"), "fuse", ("a", "b"), "target"),
+    (AdapterSetup.per_row(["a", "b"]), "per_row", ("a", "b"), None),
+])
+def test_every_form_parses_to_one_value_and_round_trips(value, kind, adapters, key):
+    setup = AdapterSetup.parse(value)
+    assert (setup.kind, setup.adapters) == (kind, adapters)
+    if key is not None:
+        assert setup.fusion_key == key
+    assert AdapterSetup.parse(setup.token()) == setup
+    assert AdapterSetup.parse(json.loads(json.dumps(setup.to_config()))) == setup
+    assert AdapterSetup.parse(None) is None
+
+
+@pytest.mark.parametrize("value, message", [
+    (["a"], "a fusion needs at least two adapters"),
+    (["a", "a"], "repeated names"),
+    (3, "expected None, an adapter name"),
+    ([], "a fusion needs at least two"),
+    ("", "adapter name: got ''"),
+    ("..", "adapter name: got '..'"),
+    (["a", "x/y"], "contains '/'"),
+])
+def test_bad_setups_are_refused(value, message):
+    with pytest.raises(ValueError, match=message):
+        AdapterSetup.parse(value)
+
+
+# ------------------------------------------------------------------ names
+BAD_NAMES = ["", ".", "..", "a/b", "a\\b", "../up", "a,b", " a", "a\n", 3, None]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n) for n in BAD_NAMES])
+def test_one_naming_rule_everywhere_and_nothing_is_left_behind(name, tmp_path):
+    enc = tiny()
+    with pytest.raises(InvalidNameError):
+        check_name(name)
+    before = [v.path for v in enc.weights]
+    with pytest.raises(InvalidNameError):
+        enc.add_adapter(name, "seq_bn")
+    assert enc.adapter_configs == {} and all(b.adapter_configs == {} for b in enc.blocks)
+    assert [v.path for v in enc.weights] == before
+    enc.add_adapter("a", "seq_bn")
+    enc.add_adapter("b", "seq_bn")
+    if isinstance(name, str):
+        with pytest.raises(InvalidNameError):
+            enc.add_fusion(["a", "b"], name=name)
+        assert enc.fusion_specs == {} and all(b.fusion_specs == {} for b in enc.blocks)
+    saving.save_adapter(enc, "a", tmp_path / "a")
+    if name is not None:  # load_as=None keeps the stored name
+        with pytest.raises(InvalidNameError):
+            saving.load_adapter(tiny(), tmp_path / "a", load_as=name)
+
+
+def test_a_saved_name_that_escapes_is_refused(tmp_path):
+    enc = tiny()
+    enc.add_adapter("a", "seq_bn")
+    saving.save_adapter(enc, "a", tmp_path / "a")
+    meta_path = tmp_path / "a" / "module.json"
+    meta = json.load(open(meta_path))
+    meta["name"] = ".."
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(ValueError, match=r"field 'name': got '\.\.'"):
+        saving.load_adapter(tiny(), tmp_path / "a")
+
+
+def test_path_part_is_unique_and_tensorflow_safe():
+    keys = ["a,b", "a>2c>b", "a_b", "a b", "é", "a.b", "sentiment,nli,topic"]
+    parts = [path_part(k) for k in keys]
+    assert len(set(parts)) == len(parts)
+    import re
+
+    assert all(re.fullmatch(r"[A-Za-z0-9_.>-]+", p) for p in parts)
+
+
+# ------------------------------------------------------------ weight paths
+def test_every_weight_has_a_unique_path_that_names_its_block():
+    enc = tiny(num_layers=3)
+    enc.add_adapter("s", "seq_bn")
+    enc.add_adapter("h", "double_seq_bn")
+    enc.add_adapter("t", "seq_bn")
+    enc.add_adapter("odd name é", "seq_bn")
+    enc.add_fusion(["s", "t"], "dynamic")
+    enc.add_fusion(["s", "t", "odd name é"], "static", name="second")
+    paths = [v.path for v in enc.weights]
+    assert len(paths) == len(set(paths)), [p for p in paths if paths.count(p) > 1]
+    assert "encoder/block_2/output_adapter_s/down/kernel" in paths or \
+        f"{enc.name}/block_2/output_adapter_s/down/kernel" in paths
+    adapter_paths = [p for p in paths if "_adapter_" in p or "_fusion_" in p]
+    assert adapter_paths and all(f"/block_{i}/" in p for p in adapter_paths for i in [int(p.split("block_")[1][0])])
+    assert any("/mh_adapter_h/" in p for p in paths) and any("/output_fusion_second/" in p for p in paths)
+
+
+# ---------------------------------------------------------- named fusions
+def test_two_named_fusions_over_the_same_adapters_coexist(tmp_path):
+    enc = load_encoder(TINY_BERT, hidden_dropout=0.0, attention_dropout=0.0)
+    for name in ("a", "b"):
+        builders.build_adapter_model(enc, name, num_labels=2)
+    perturb(enc.adapter_weights("a") + enc.adapter_weights("b"), 1)
+    first = builders.build_fusion_model(enc, ["a", "b"], head=ClassificationHead(2, dropout=0.0), fusion_name="tweets")
+    second = builders.build_fusion_model(enc, ["a", "b"], head=ClassificationHead(3, dropout=0.0),
+                                         fusion_config="static", fusion_name="news")
+    plain = builders.build_fusion_model(enc, ["a", "b"], num_labels=2)
+    assert sorted(enc.fusion_specs) == ["a,b", "news", "tweets"]
+    perturb(enc.fusion_weights("tweets"), 2)
+    perturb(enc.fusion_weights("news"), 3)
+    x = {k: v % 1000 for k, v in batch(vocab=1000).items()}
+    assert max_abs(first.encoder(x, adapter_setup=first.adapter_setup)["last_hidden_state"],
+                   second.encoder(x, adapter_setup=second.adapter_setup)["last_hidden_state"]) > 1e-3
+    # Each model trains only its own fusion.
+    names = {id(v) for v in enc.fusion_weights("tweets")}
+    assert names & {id(v) for v in first.trainable_weights} == names
+    assert not names & {id(v) for v in second.trainable_weights} and not names & {id(v) for v in plain.trainable_weights}
+    # Native and AdapterHub round trips keep the names.
+    saving.save_fusion(enc, "tweets", tmp_path / "native")
+    adapterhub.save_fusion(enc, "news", tmp_path / "hub")
+    meta = json.load(open(tmp_path / "hub" / "adapter_fusion_config.json"))
+    assert meta["name"] == "a,b" and meta["adapter_names"] == ["a", "b"] and meta["fusion_name"] == "news"
+    other = load_encoder(TINY_BERT, hidden_dropout=0.0, attention_dropout=0.0)
+    for name in ("a", "b"):
+        saving.save_adapter(enc, name, tmp_path / name)
+        saving.load_adapter(other, tmp_path / name)
+    assert saving.load_fusion(other, tmp_path / "native") == AdapterSetup.fuse(["a", "b"], "tweets")
+    assert adapterhub.load_fusion(other, tmp_path / "hub") == AdapterSetup.fuse(["a", "b"], "news")
+    with pytest.raises(ValueError, match="already has the fusion 'news'"):
+        adapterhub.load_fusion(other, tmp_path / "hub")
+    assert adapterhub.load_fusion(other, tmp_path / "hub", name="news2").fusion_key == "news2"
+    for key in ("tweets", "news"):
+        for mine, theirs in zip(enc.fusion_weights(key), other.fusion_weights(key)):
+            np.testing.assert_array_equal(ops.convert_to_numpy(mine), ops.convert_to_numpy(theirs))
+    # A .keras file keeps the named fusion.
+    path = str(tmp_path / "first.keras")
+    first.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.adapter_setup == AdapterSetup.fuse(["a", "b"], "tweets")
+    assert max_abs(loaded.predict(x, verbose=0), first.predict(x, verbose=0)) == 0.0
+
+
+def test_a_named_fusion_must_exist_to_run():
+    enc = tiny()
+    enc.add_adapter("a", "seq_bn")
+    enc.add_adapter("b", "seq_bn")
+    enc.add_fusion(["a", "b"])
+    with pytest.raises(ValueError, match="no fusion 'other'"):
+        AdapterModel(enc, None, adapter_setup=AdapterSetup.fuse(["a", "b"], "other"))
+
+
+# -------------------------------------------------------------- MT-A routing
+def test_multitask_rows_equal_their_single_task_models():
+    enc = tiny()
+    model = builders.build_multitask_model(enc, {"a": 2, "b": 3, "c": 4}, adapter_config="seq_bn")
+    perturb([v for t in ("a", "b", "c") for v in enc.adapter_weights(t)], 4)
+    for head in model.heads.values():
+        head.dropout_layer.rate = 0.0
+    x = batch(b=6)
+    task_id = np.array([2, 0, 1, 1, 0, 2])
+    mixed = ops.convert_to_numpy(model(dict(x, task_id=task_id)))
+    assert mixed.shape == (6, 4)
+    for i, task in enumerate(model.tasks):
+        single = AdapterModel(enc, model.heads[task], adapter_setup=task, output_key="logits")
+        expected = ops.convert_to_numpy(single(x))
+        rows = task_id == i
+        n = model.heads[task].num_labels
+        np.testing.assert_allclose(mixed[rows, :n], expected[rows], atol=2e-6, rtol=0)
+        assert np.all(mixed[rows, n:] == -1e9)
+    # The adapters really differ: a row routed to another task gives other logits.
+    other = ops.convert_to_numpy(model(dict(x, task_id=np.zeros(6, "int64"))))
+    assert max_abs(other[:, :2], mixed[:, :2]) > 1e-4
+
+
+def test_multitask_training_on_mixed_batches_updates_every_task():
+    enc = tiny()
+    model = builders.build_multitask_model(enc, {"a": 2, "b": 2})
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = {t: [ops.convert_to_numpy(v).copy() for v in enc.adapter_weights(t)] for t in ("a", "b")}
+    x = dict(batch(b=4), task_id=np.array([0, 1, 0, 1]))
+    model.fit(x, np.array([0, 1, 1, 0]), batch_size=4, epochs=1, verbose=0)
+    for t in ("a", "b"):
+        assert any(not np.array_equal(b, ops.convert_to_numpy(v)) for b, v in zip(before[t], enc.adapter_weights(t)))
