@@ -121,7 +121,7 @@ def _check_tokenizer(tokenizer, encoder):
     """Refuse a tokenizer that would produce ids outside the encoder's tables."""
     size = len(tokenizer)
     if size > encoder.vocab_size:
-        raise ExportError(f"export: the tokenizer has {size} tokens but the encoder's vocabulary holds "
+        raise ExportError(f"export: the tokenizer has {size} tokens but the encoder vocabulary holds "
                           f"{encoder.vocab_size}; expected the encoder's own tokenizer.")
     source = getattr(tokenizer, "name_or_path", "") or ""
     config = os.path.join(source, "config.json") if os.path.isdir(source) else None

@@ -234,6 +234,13 @@ def test_export_errors_and_atomicity(models, tmp_path, monkeypatch):
         export_saved_model(models["fuse"], str(tmp_path), model_name="m", version=3)
     with pytest.raises(ExportError, match="label names"):
         export_saved_model(models["fuse"], str(tmp_path), model_name="m", label_names=["a", "b"])
+    for bad in ("..", ".", "", "a/b", "../escape"):
+        with pytest.raises(ExportError, match="model_name"):
+            export_saved_model(models["fuse"], str(tmp_path), model_name=bad)
+    from conftest import minilm_dir
+
+    with pytest.raises(ExportError, match="the tokenizer has 30522 tokens but the encoder vocabulary holds 1000"):
+        export_saved_model(models["fuse"], str(tmp_path), model_name="m", tokenizer=minilm_dir())
 
     import shutil
 

@@ -73,9 +73,10 @@ def tokenize(tokenizer, task, inputs, max_length=128, cache_dir=None):
             out["token_type_ids"].append(np.zeros_like(enc["input_ids"], np.int32) if types is None
                                          else types.astype(np.int32))
     if path is not None:
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **_flatten(out))
-        os.replace(tmp, path)
+        from keras_adapterfusion.io.files import atomic_file
+
+        with atomic_file(path) as tmp:
+            np.savez(tmp, **_flatten(out))
     return out
 
 
