@@ -73,7 +73,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
 
     from keras_adapterfusion import analysis, builders, load_encoder, load_tokenizer
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
-    from keras_adapterfusion.experiments import evaluate, fit, prepare
+    from keras_adapterfusion.experiments import evaluate, fit, prepare, seed_everything
     from keras_adapterfusion.experiments import dataset as make_ds
     from keras_adapterfusion.tasks import get_task
 
@@ -119,7 +119,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
     results["test_examples"] = int(len(test_y))
 
     # ---- stage 1: one adapter per source task (trained once, seed 0)
-    keras.utils.set_random_seed(0)
+    seed_everything(0)
     shared = load_enc()
     for name in sources:
         task, (enc, y), (val_enc, val_y) = source_data[name]
@@ -138,7 +138,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
     for seed in range(cfg.seeds):
         train_enc, train_y = prepare(target_task, tokenizer, "train", cfg.max_length, sample=cfg.target_train,
                                      seed=seed, data_dir=data_dir)
-        keras.utils.set_random_seed(seed)  # after the data, as above
+        seed_everything(seed)  # after the data, as above
         train = make_ds(train_enc, train_y, cfg.batch_size, shuffle=True, seed=seed)
         n = target_task.num_labels
 

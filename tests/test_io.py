@@ -282,3 +282,16 @@ def test_loader_transposes_and_allows_nonfinite_on_request():
     stage_weights(rows, tensors, "f", allow_nonfinite=True).assign()
     np.testing.assert_array_equal(rows[0].target.value, GOOD["w"].T)
     assert np.isnan(rows[1].target.value[0])
+
+
+def test_a_file_added_to_a_save_keeps_it_replaceable(tmp_path):
+    from keras_adapterfusion.io.directories import add_to_save
+
+    target = tmp_path / "run"
+    _save(target, "one", kind="run")
+    add_to_save(target, "metrics_extra.json", lambda tmp: open(tmp, "w").write("{}"))
+    assert (target / "metrics_extra.json").read_text() == "{}"
+    _save(target, "two", kind="run")  # not refused: the added file is listed in the manifest
+    assert _content(target) == "two" and not (target / "metrics_extra.json").exists()
+    with pytest.raises(SaveError, match="is not a save"):
+        add_to_save(tmp_path, "x.json", lambda tmp: None)

@@ -194,6 +194,37 @@ def saved_directory(directory):
     return os.fspath(directory)
 
 
+def add_to_save(directory, name, write):
+    """Write one more file into an existing save, listed in its manifest (e.g. a later evaluation's metrics).
+
+    The manifest is updated first, then the file is written atomically, so a kill
+    in between leaves a manifest naming a file that is not there (harmless), never
+    a file the manifest does not name (which would make the save look foreign).
+
+    Args:
+        directory: a save written by `write_directory`.
+        name: the file's name inside it (no path separators).
+        write: a callable given the temporary path to write the file to.
+    """
+    from keras_adapterfusion.names import check_name
+
+    path = os.path.abspath(os.fspath(directory))
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise SaveError(f"{path}: is not a save of this package; cannot add {name!r} to it.")
+    check_name(name, "file name")
+    if name == MANIFEST:
+        raise SaveError(f"{path}: {MANIFEST} is reserved.")
+    if name not in manifest["files"]:
+        manifest = dict(manifest, files=sorted(manifest["files"] + [name]))
+        with atomic_file(os.path.join(path, MANIFEST)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1)
+    with atomic_file(os.path.join(path, name)) as tmp:
+        write(tmp)
+    return os.path.join(path, name)
+
+
 def _fsync_tree(directory):
     for root, _, files in os.walk(directory):
         for name in files:
