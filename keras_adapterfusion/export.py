@@ -171,9 +171,17 @@ def _signature(tf, tasks, input_dtype, choices):
     return [tf.TensorSpec([None] * rank, input_dtype, name=n) for n in INPUT_NAMES]
 
 
-def export_saved_model(model, export_dir, model_name="model", version=None, tokenizer=None, label_names=None,
+def _default_tokenizer(encoder):
+    """The encoder's own checkpoint directory, when it holds tokenizer files."""
+    from keras_adapterfusion.backbones.checkpoint import has_tokenizer
+
+    directory = getattr(encoder, "checkpoint", None)
+    return directory if directory and has_tokenizer(directory) else None
+
+
+def export_saved_model(model, export_dir, model_name="model", version=None, tokenizer="auto", label_names=None,
                        input_dtype="int64", include_fusion_attentions=False, write_models_config=True,
-                       verbose=False):
+                       text_signatures="auto", max_length=128, verbose=False):
     """Export one model, or several task models on one encoder, as a TF Serving SavedModel.
 
     Args:
@@ -183,12 +191,20 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
         model_name: the model's name for TF Serving (`<export_dir>/<model_name>/`).
         version: integer version; by default one more than the highest present.
         tokenizer: a checkpoint directory / cached hub id, or a `transformers`
-            tokenizer, whose files go into `assets/`.
-        label_names: label names (a list, or a dict task -> list) for `label_map.json`.
+            tokenizer, whose files go into `assets/`; `"auto"` (the default) takes
+            the encoder's own checkpoint when it holds a tokenizer; `None` ships none.
+            The one used is recorded in `label_map.json` (`"tokenizer"`).
+        label_names: label names (a list, or a dict task -> list) for `label_map.json`;
+            by default the heads' own `label_names`.
         input_dtype: `"int64"` or `"int32"`, the dtype of the three inputs.
         include_fusion_attentions: also output `fusion_attentions` for fusion models.
         write_models_config: (re)write `<export_dir>/models.config` listing every
             model directory in `export_dir`.
+        text_signatures: add signatures that take raw text (`serving_text`, and
+            `<task>_text` / `all_tasks_text` for several tasks), tokenizing in the graph
+            (`keras_adapterfusion.graph_tokenizers`): `True`, `False`, or `"auto"` (when
+            the tokenizer is WordPiece or SentencePiece and `tensorflow-text` is installed).
+        max_length: truncation length of the raw-text signatures.
         verbose: print the variables Keras tracks.
 
     Returns:
@@ -208,8 +224,11 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
     encoders = {id(m.encoder) for m in tasks.values()}
     if len(encoders) > 1:
         raise ExportError("export: the task models use different encoders; expected one shared encoder.")
+    encoder = next(iter(tasks.values())).encoder
     if input_dtype not in INPUT_DTYPES:
         raise ExportError(f"export: input_dtype {input_dtype!r}; expected one of {list(INPUT_DTYPES)}.")
+    if text_signatures not in (True, False, "auto"):
+        raise ExportError(f"export: text_signatures {text_signatures!r}; expected True, False or 'auto'.")
     try:
         check_name(model_name, "export: model_name")
     except ValueError as e:
@@ -222,13 +241,18 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
     if os.path.exists(version_dir) and (not os.path.isdir(version_dir) or os.listdir(version_dir)):
         raise ExportError(f"export: {version_dir} exists and is not empty; pick another version.")
     label_map = _label_map(tasks, label_names)
+    if tokenizer == "auto":
+        tokenizer = _default_tokenizer(encoder)
     scratch = tempfile.TemporaryDirectory(prefix="kaf-tokenizer-")
-    asset_files = _tokenizer_files(tokenizer, next(iter(tasks.values())).encoder, scratch.name)
+    asset_files = _tokenizer_files(tokenizer, encoder, scratch.name)
+    text_tokenizer = _text_tokenizer(asset_files, text_signatures, max_length)
 
+    # Only the endpoints' own variables are saved (once). Tracking the models as
+    # well would save every weight a second time, under its Keras object path.
     archive = keras.export.ExportArchive()
-    for m in tasks.values():
-        archive.track(m)
     dtype = getattr(tf, input_dtype)
+    if text_tokenizer is not None:
+        archive.track(text_tokenizer)  # its vocabulary table
 
     def task_fn(m):
         def serve(input_ids, attention_mask, token_type_ids):
@@ -238,28 +262,42 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
 
         return serve
 
+    def serve_all(input_ids, attention_mask, token_type_ids):
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        results, shared = {}, {}
+        for t in names:
+            m = tasks[t]
+            if m.adapter_setup not in shared:  # one encoder pass per distinct adapter setup
+                shared[m.adapter_setup] = _run(tf, m, inputs, include_fusion_attentions)[0]
+            out = shared[m.adapter_setup]
+            logits = m.head(out["last_hidden_state"], out.get("pooler_output"), training=False)
+            results.update(_outputs(tf, m, logits, prefix=f"{t}_"))
+        return results
+
+    def from_text(serve):
+        def serve_text(text):
+            ids = text_tokenizer(text)
+            return serve(**{k: tf.cast(v, dtype) for k, v in ids.items()})
+
+        return serve_text
+
     names = list(tasks)
     choices = {t: bool(getattr(m.head, "flattens_choices", False)) for t, m in tasks.items()}
-    # serving_default first, as TF Serving needs it.
-    first = names[0]
-    archive.add_endpoint("serving_default", task_fn(tasks[first]), _signature(tf, tasks, dtype, choices[first]))
+    endpoints = [("serving_default", task_fn(tasks[names[0]]), choices[names[0]])]
     if len(tasks) > 1:
-        for t in names:
-            archive.add_endpoint(t, task_fn(tasks[t]), _signature(tf, tasks, dtype, choices[t]))
+        endpoints += [(t, task_fn(tasks[t]), choices[t]) for t in names]
         if len(set(choices.values())) == 1:
-            def serve_all(input_ids, attention_mask, token_type_ids):
-                inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-                results, shared = {}, {}
-                for t in names:
-                    m = tasks[t]
-                    if m.adapter_setup not in shared:  # one encoder pass per distinct adapter setup
-                        shared[m.adapter_setup] = _run(tf, m, inputs, include_fusion_attentions)[0]
-                    out = shared[m.adapter_setup]
-                    logits = m.head(out["last_hidden_state"], out.get("pooler_output"), training=False)
-                    results.update(_outputs(tf, m, logits, prefix=f"{t}_"))
-                return results
-
-            archive.add_endpoint(ALL_TASKS, serve_all, _signature(tf, tasks, dtype, choices[first]))
+            endpoints.append((ALL_TASKS, serve_all, choices[names[0]]))
+    # serving_default first, as TF Serving needs it.
+    for name, fn, multiple_choice in endpoints:
+        archive.add_endpoint(name, fn, _signature(tf, tasks, dtype, multiple_choice))
+    text_names = []
+    if text_tokenizer is not None:
+        for name, fn, multiple_choice in endpoints:
+            if not multiple_choice:
+                text_name = "serving_text" if name == "serving_default" else f"{name}_text"
+                archive.add_endpoint(text_name, from_text(fn), [tf.TensorSpec([None], tf.string, name="text")])
+                text_names.append(text_name)
 
     os.makedirs(model_dir, exist_ok=True)
     with scratch, write_directory(version_dir, "saved-model", replace=False) as tmp:
@@ -270,20 +308,45 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
             shutil.copyfile(path, os.path.join(assets, name))
         write_json(os.path.join(assets, "label_map.json"), {
             "tasks": label_map,
-            "signatures": _signature_map(names),
+            "signatures": _signature_map(names, text_names),
             "input_dtype": input_dtype,
+            "tokenizer": None if tokenizer is None else (os.fspath(tokenizer) if isinstance(tokenizer, (str, os.PathLike))
+                                                         else getattr(tokenizer, "name_or_path", "a tokenizer object")),
+            "max_length": max_length if text_names else None,
         })
     if write_models_config:
         write_models_config_file(export_dir)
     return version_dir
 
 
-def _signature_map(names):
+def _text_tokenizer(asset_files, text_signatures, max_length):
+    """The in-graph tokenizer for the raw-text signatures, or None."""
+    if text_signatures is False or not asset_files:
+        if text_signatures is True:
+            raise ExportError("export: text_signatures=True needs a tokenizer.")
+        return None
+    from keras_adapterfusion.graph_tokenizers import graph_tokenizer, tokenizer_family
+
+    directory = os.path.dirname(next(iter(asset_files.values())))
+    if text_signatures == "auto":
+        try:
+            import tensorflow_text  # noqa: F401
+        except ImportError:
+            return None
+        if tokenizer_family(directory) not in ("wordpiece", "sentencepiece"):
+            return None
+    return graph_tokenizer(directory, max_length=max_length)
+
+
+def _signature_map(names, text_names=()):
     """Signature name -> the task(s) it serves."""
     out = {"serving_default": names[0]}
     if len(names) > 1:
         out.update({t: t for t in names})
         out[ALL_TASKS] = list(names)
+    for text_name in text_names:
+        base = "serving_default" if text_name == "serving_text" else text_name[: -len("_text")]
+        out[text_name] = out[base]
     return out
 
 

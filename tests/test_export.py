@@ -110,14 +110,16 @@ def test_tensorflow_only_process_matches_keras(exported, models, tokenizer_dir, 
     _, path = exported
     x = keras_inputs(tokenizer_dir)
     np.savez(tmp_path / "in.npz", **x)
+    (tmp_path / "texts.json").write_text(json.dumps(TEXTS))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run([sys.executable, os.path.join(SCRIPTS, "serve_saved_model.py"), path,
-                           str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                           str(tmp_path / "in.npz"), str(tmp_path / "out.npz"), str(tmp_path / "texts.json")],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["keras_adapterfusion_imported"] is False
-    assert info["signatures"] == ["all_tasks", "fuse", "serving_default", "single", "tags"]
+    assert info["signatures"] == ["all_tasks", "all_tasks_text", "fuse", "fuse_text", "serving_default",
+                                  "serving_text", "single", "single_text", "tags", "tags_text"]
     served = np.load(tmp_path / "out.npz")
     worst = 0.0
     for task, model in models.items():
@@ -133,6 +135,7 @@ def test_tensorflow_only_process_matches_keras(exported, models, tokenizer_dir, 
             np.testing.assert_array_equal(served[f"{task}/label_ids"], (logits > 0).astype(int))
     assert worst < 1e-5, worst
     np.testing.assert_allclose(served["serving_default/logits"], served["fuse/logits"], atol=0)
+    np.testing.assert_allclose(served["serving_text/logits"], served["serving_default/logits"], atol=1e-6)
     attn = models["fuse"].encoder({k: v.astype("int32") for k, v in x.items()}, adapter_setup=["a", "b"])
     batch_first = np.transpose(ops.convert_to_numpy(attn["fusion_attentions"]), (1, 0, 2, 3))
     assert max_abs(served["fuse/fusion_attentions"], batch_first) < 1e-5
@@ -301,3 +304,50 @@ def test_rest_server_answers_invalid_argument(exported, tokenizer_dir):
         assert e.value.code == 400 and "input_ids: got 5000" in e.value.read().decode()
     finally:
         server.shutdown()
+
+
+def test_raw_text_signatures_equal_the_token_id_signatures(exported, tokenizer_dir):
+    """`{"instances": ["some text"]}`: tokenized inside the SavedModel like the Python tokenizer."""
+    import tensorflow as tf
+
+    _, path = exported
+    loaded = tf.saved_model.load(path)
+    assert {"serving_text", "fuse_text", "single_text", "tags_text", "all_tasks_text"} <= set(loaded.signatures)
+    x = keras_inputs(tokenizer_dir)
+    for ids_signature, text_signature in (("serving_default", "serving_text"), ("single", "single_text"),
+                                          ("all_tasks", "all_tasks_text")):
+        by_ids = loaded.signatures[ids_signature](**{k: tf.constant(v) for k, v in x.items()})
+        by_text = loaded.signatures[text_signature](text=tf.constant(TEXTS))
+        assert set(by_ids) == set(by_text)
+        for key in by_ids:
+            np.testing.assert_allclose(by_text[key].numpy(), by_ids[key].numpy(), atol=1e-6)
+    label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
+    assert label_map["signatures"]["serving_text"] == "fuse" and label_map["tokenizer"] == tokenizer_dir
+
+
+def test_each_weight_is_written_once(exported, models):
+    """The variables file holds the parameters once (it held them twice: Keras's tracked copy and the
+    endpoints' own)."""
+    _, path = exported
+    encoder = models["fuse"].encoder
+    weights = {id(v): v for m in models.values() for v in m.weights}
+    parameter_bytes = sum(int(np.prod(v.shape)) * 4 for v in weights.values())
+    variables = os.path.join(path, "variables")
+    written = sum(os.path.getsize(os.path.join(variables, f)) for f in os.listdir(variables) if "data" in f)
+    assert abs(written - parameter_bytes) / parameter_bytes < 0.03, (written, parameter_bytes)
+    assert encoder.weights  # the shared encoder is in the count once
+
+
+def test_export_takes_the_encoders_own_tokenizer(models, tmp_path):
+    """With no tokenizer given, the encoder's checkpoint tokenizer goes into assets/ (and is recorded)."""
+    from conftest import minilm_dir
+
+    from keras_adapterfusion import builders, load_encoder
+    from keras_adapterfusion.export import export_saved_model
+
+    encoder = load_encoder(minilm_dir())
+    model = builders.build_head_only_model(encoder, num_labels=2)
+    path = export_saved_model(model, str(tmp_path), model_name="m", text_signatures=False)
+    label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
+    assert label_map["tokenizer"] == minilm_dir()
+    assert {"vocab.txt", "tokenizer.json"} <= set(os.listdir(os.path.join(path, "assets")))

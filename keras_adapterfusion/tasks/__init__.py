@@ -1,9 +1,11 @@
-"""Tasks and their data: the task registry, offline TFDS builders, tokenization into
-tf.data, metrics, and mixing task batches for multi-task training.
+"""Tasks and their data: the task registry, your own data (`from_files`, `from_pandas`,
+`from_lists`), the offline datasets (plain files, and TFDS builders), tokenization into
+batches (`tf.data`, or a `PyDataset` on any backend), metrics, and mixing task batches
+for multi-task training.
 
-TensorFlow and tensorflow-datasets are imported inside the functions and modules
-that need them (`tasks.offline`, `tasks.pipeline.make_dataset`, ...), so importing
-this package does not import them.
+TensorFlow, tensorflow-datasets and Keras are imported inside the functions and
+modules that need them (`tasks.offline`, `tasks.batches`, the `tf.data` path of
+`make_dataset`, ...), so importing this package imports none of them.
 """
 
 from keras_adapterfusion.tasks.mixing import SAMPLING_RULES, mix_task_datasets, sampling_weights
@@ -16,18 +18,24 @@ from keras_adapterfusion.tasks.registry import (
     list_tasks,
     register_task,
 )
+from keras_adapterfusion.tasks.user_data import DataError, from_files, from_lists, from_pandas, task_from_config
 
 __all__ = [
+    "DataError",
     "MISSING_FROM_TFDS",
     "SAMPLING_RULES",
     "TASKS",
     "Task",
     "compute_metrics",
+    "from_files",
+    "from_lists",
+    "from_pandas",
     "get_task",
     "list_tasks",
     "make_dataset",
     "mix_task_datasets",
     "register_task",
     "sampling_weights",
+    "task_from_config",
     "tokenize",
 ]

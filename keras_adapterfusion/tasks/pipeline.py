@@ -1,5 +1,6 @@
-"""Tokenization into `tf.data`: truncation, padding to the batch's longest or to length
-buckets, a cache of tokenized data, prefetching; and the task metrics.
+"""Tokenization into batches for `fit`: truncation, padding to the batch's longest or to
+length buckets, a cache of tokenized data; `tf.data` on TensorFlow, a `PyDataset` on
+every backend; and the task metrics.
 
 Example:
 
@@ -108,13 +109,55 @@ def lengths(encoded):
     return np.asarray([v.shape[-1] for v in encoded["input_ids"]])
 
 
+def bucket_plan(lengths_, bucket_boundaries=None):
+    """`(boundaries, bucket of each example)`: by default the quartiles of the lengths."""
+    if bucket_boundaries is None:
+        bucket_boundaries = sorted({int(q) + 1 for q in np.quantile(lengths_, [0.25, 0.5, 0.75])})
+    return list(bucket_boundaries), np.searchsorted(np.asarray(bucket_boundaries), lengths_, side="right")
+
+
+def count_batches(bucket_of, num_buckets, batch_size, drop_remainder):
+    """Batches per epoch when each bucket is batched on its own."""
+    sizes = [int(np.sum(bucket_of == b)) for b in range(num_buckets)]
+    return int(sum(c // batch_size if drop_remainder else -(-c // batch_size) for c in sizes))
+
+
+def _check(encoded, labels, padding, batch_size):
+    if padding not in PADDINGS:
+        raise ValueError(f"make_dataset: padding {padding!r}; expected one of {list(PADDINGS)}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"make_dataset: batch_size {batch_size!r}; expected an int >= 1.")
+    labels = np.asarray(labels)
+    n = len(encoded["input_ids"])
+    if len(labels) != n:
+        raise ValueError(f"make_dataset: {n} examples but {len(labels)} labels.")
+    if n == 0:
+        raise ValueError("make_dataset: no examples.")
+    return labels
+
+
+def default_data_path():
+    """`"tf.data"` on the TensorFlow backend, else `"pydataset"` (no TensorFlow needed)."""
+    import keras
+
+    return "tf.data" if keras.backend.backend() == "tensorflow" else "pydataset"
+
+
 def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding="longest",
-                 bucket_boundaries=None, cache=False, prefetch=True, drop_remainder=False):
-    """A `tf.data.Dataset` of `(x, y)` batches from `tokenize`'s output.
+                 bucket_boundaries=None, cache=False, prefetch=True, drop_remainder=False, data_path=None):
+    """Batches of `(x, y)` for `fit`, `evaluate` and `predict`, from `tokenize`'s output.
+
+    Two paths give the same batching: a `tf.data.Dataset` (the default on the
+    TensorFlow backend) and a `keras.utils.PyDataset` that needs no TensorFlow
+    (the default on JAX and PyTorch, see `tasks.batches.TokenBatches`). Both pad
+    each batch to its longest example or group examples of similar length into
+    buckets, shuffle every epoch from `seed`, and know their number of batches,
+    so `fit` shows a progress bar.
 
     Args:
         encoded: the dict `tokenize` returns.
-        labels: int labels, one per example.
+        labels: labels, one per example: ints (single-label), multi-hot rows
+            (multi-label) or floats (regression).
         batch_size: examples per batch.
         shuffle: shuffle the examples (every epoch, seeded by `seed`).
         seed: shuffle seed.
@@ -122,21 +165,24 @@ def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding=
             `"buckets"` groups examples of similar length first (less padding).
         bucket_boundaries: length boundaries for `"buckets"`; by default the
             quartiles of the lengths.
-        cache: cache the (unbatched) examples in memory after the first epoch
+        cache: (`tf.data`) cache the unbatched examples in memory after the first epoch
             (the tokenization itself is cached on disk by `tokenize`).
-        prefetch: prefetch batches (`tf.data.AUTOTUNE`).
-        drop_remainder: drop a last smaller batch.
+        prefetch: (`tf.data`) prefetch batches (`tf.data.AUTOTUNE`).
+        drop_remainder: drop a last smaller batch (of each bucket).
+        data_path: `"tf.data"` or `"pydataset"`; default `default_data_path()`.
     """
+    labels = _check(encoded, labels, padding, batch_size)
+    data_path = data_path or default_data_path()
+    if data_path == "pydataset":
+        from keras_adapterfusion.tasks.batches import TokenBatches
+
+        return TokenBatches(encoded, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, padding=padding,
+                            bucket_boundaries=bucket_boundaries, drop_remainder=drop_remainder)
+    if data_path != "tf.data":
+        raise ValueError(f"make_dataset: data_path {data_path!r}; expected 'tf.data' or 'pydataset'.")
     import tensorflow as tf
 
-    if padding not in PADDINGS:
-        raise ValueError(f"make_dataset: padding {padding!r}; expected one of {list(PADDINGS)}.")
-    labels = np.asarray(labels)
     n = len(encoded["input_ids"])
-    if len(labels) != n:
-        raise ValueError(f"make_dataset: {n} examples but {len(labels)} labels.")
-    if n == 0:
-        raise ValueError("make_dataset: no examples.")
     choice_dims = encoded["input_ids"][0].ndim == 2
     inner = [None, None] if choice_dims else [None]
 
@@ -144,29 +190,24 @@ def make_dataset(encoded, labels, batch_size=32, shuffle=False, seed=0, padding=
         for i in range(n):
             yield {k: encoded[k][i] for k in INPUT_KEYS}, labels[i]
 
-    spec = ({k: tf.TensorSpec(inner, tf.int32) for k in INPUT_KEYS},
-            tf.TensorSpec([], tf.as_dtype(labels.dtype)))
+    label_dtype = tf.as_dtype(labels.dtype)
+    spec = ({k: tf.TensorSpec(inner, tf.int32) for k in INPUT_KEYS}, tf.TensorSpec(labels.shape[1:], label_dtype))
     ds = tf.data.Dataset.from_generator(generator, output_signature=spec)
     if cache:
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    pad_values = ({k: tf.constant(0, tf.int32) for k in INPUT_KEYS}, tf.constant(0, tf.as_dtype(labels.dtype)))
-    batches = lambda count: count // batch_size if drop_remainder else -(-count // batch_size)  # noqa: E731
+    pad_values = ({k: tf.constant(0, tf.int32) for k in INPUT_KEYS}, tf.constant(0, label_dtype))
     if padding == "longest" or choice_dims:
         ds = ds.padded_batch(batch_size, padding_values=pad_values, drop_remainder=drop_remainder)
-        num_batches = batches(n)
+        num_batches = count_batches(np.zeros(n, int), 1, batch_size, drop_remainder)
     else:
-        lens = lengths(encoded)
-        if bucket_boundaries is None:
-            bucket_boundaries = sorted({int(q) + 1 for q in np.quantile(lens, [0.25, 0.5, 0.75])})
-        # Each bucket is batched on its own, so the number of batches is known.
-        bucket_of = np.searchsorted(np.asarray(bucket_boundaries), lens, side="right")
-        num_batches = int(sum(batches(int(np.sum(bucket_of == b))) for b in range(len(bucket_boundaries) + 1)))
+        boundaries, bucket_of = bucket_plan(lengths(encoded), bucket_boundaries)
+        num_batches = count_batches(bucket_of, len(boundaries) + 1, batch_size, drop_remainder)
         ds = ds.bucket_by_sequence_length(
             lambda x, y: tf.shape(x["input_ids"])[0],
-            bucket_boundaries=list(bucket_boundaries),
-            bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+            bucket_boundaries=boundaries,
+            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
             padding_values=pad_values,
             drop_remainder=drop_remainder,
         )
@@ -205,12 +246,25 @@ def _pearson(a, b):
     return float((a * b).sum() / denominator) if denominator else 0.0
 
 
-def compute_metrics(names, y_true, logits_or_scores):
-    """Metric values by name: accuracy, f1 (positive class 1), macro_f1, matthews
-    (binary or multi-class), pearson, spearman (regression scores)."""
+def compute_metrics(names, y_true, logits_or_scores, kind="single_label"):
+    """Metric values by name.
+
+    `kind` says how to read the model's outputs: `"single_label"` (argmax of the
+    logits; accuracy, f1 of class 1, macro_f1, matthews), `"multi_label"` (every
+    logit > 0 is a predicted label; micro_f1 over all label decisions,
+    exact_match of the whole label set) or `"regression"` (the score itself;
+    pearson, spearman, mse).
+    """
     y_true = np.asarray(y_true)
-    scores = np.asarray(logits_or_scores)
-    y_pred = scores.argmax(-1) if scores.ndim == 2 and scores.shape[-1] > 1 else scores.reshape(-1)
+    scores = np.asarray(logits_or_scores, dtype=np.float64)
+    if kind == "multi_label":
+        y_pred = (scores > 0).astype(np.int64)
+        y_true = (y_true > 0.5).astype(np.int64)
+    elif kind == "regression":
+        y_pred = scores.reshape(-1)
+        y_true = y_true.reshape(-1).astype(np.float64)
+    else:
+        y_pred = scores.argmax(-1) if scores.ndim == 2 and scores.shape[-1] > 1 else scores.reshape(-1)
     out = {}
     for name in names:
         if name == "accuracy":
@@ -230,6 +284,12 @@ def compute_metrics(names, y_true, logits_or_scores):
             out[name] = _pearson(y_true, y_pred)
         elif name == "spearman":
             out[name] = _pearson(_ranks(y_true), _ranks(y_pred))
+        elif name == "mse":
+            out[name] = float(np.mean((np.asarray(y_true, np.float64) - y_pred) ** 2))
+        elif name == "micro_f1":
+            out[name] = _f1(y_true.reshape(-1), y_pred.reshape(-1), 1)
+        elif name == "exact_match":
+            out[name] = float(np.mean(np.all(y_true == y_pred, axis=-1)))
         else:
             raise ValueError(f"compute_metrics: unknown metric {name!r}.")
     return out

@@ -26,21 +26,30 @@ texts, labels = task.load("train", limit=300)
 """
 
 import dataclasses
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 LAYOUTS = ("single", "pair", "multiple_choice")
-METRICS = ("accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman")
+KINDS = ("single_label", "multi_label", "regression")
+METRICS = ("accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman", "mse", "micro_f1", "exact_match")
+DEFAULT_METRICS = {"single_label": ("accuracy", "macro_f1"), "multi_label": ("micro_f1", "exact_match"),
+                   "regression": ("pearson", "spearman", "mse")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A task: its TFDS builder, text layout, labels and metrics.
+    """A task: where its data comes from, its text layout, labels, kind and metrics.
+
+    Registry tasks name a TFDS builder (or an offline dataset); tasks made from
+    your own data (`keras_adapterfusion.tasks.from_files`, `from_pandas`,
+    `from_lists`) hold their splits in `data`. Every builder, the pipelines, `fit`
+    and the command line treat both alike.
 
     Args:
         name: the registry name (`--task` on the command line).
-        builder: the TFDS name, e.g. `"glue/sst2"` or `"vader_sentiment/tweets"`.
+        builder: the TFDS name, e.g. `"glue/sst2"` or `"vader_sentiment/tweets"`;
+            `None` for a task holding its own data.
         layout: `"single"`, `"pair"` or `"multiple_choice"`.
         text_fields: the text feature(s): one for `single`, two for `pair`; for
             `multiple_choice` the context features (joined with a space).
@@ -52,6 +61,12 @@ class Task:
             test labels are hidden use the validation split as test.
         offline: built from PyPI packages (no internet needed).
         description: one line.
+        kind: `"single_label"` (one class per example), `"multi_label"` (any
+            subset of the labels; labels are multi-hot rows) or `"regression"`
+            (one number per example).
+        data: for a task holding its own data: split -> `(inputs, labels)`.
+        source: how a task holding its own data was made (files and columns),
+            recorded in run directories.
     """
 
     name: str
@@ -64,27 +79,52 @@ class Task:
     splits: Tuple[Tuple[str, str], ...] = (("train", "train"), ("validation", "validation"), ("test", "test"))
     offline: bool = False
     description: str = ""
+    kind: str = "single_label"
+    data: Optional[Dict[str, tuple]] = dataclasses.field(default=None, compare=False, repr=False)
+    source: Optional[Dict[str, Any]] = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"Task {self.name}: layout {self.layout!r}; expected one of {list(LAYOUTS)}.")
+        if self.kind not in KINDS:
+            raise ValueError(f"Task {self.name}: kind {self.kind!r}; expected one of {list(KINDS)}.")
         bad = [m for m in self.metrics if m not in METRICS]
         if bad:
             raise ValueError(f"Task {self.name}: unknown metric(s) {bad}; expected from {list(METRICS)}.")
+        if self.builder is None and self.data is None:
+            raise ValueError(f"Task {self.name}: needs a TFDS builder or its own data; got neither.")
 
     @property
     def head_kind(self):
-        return "multiple_choice" if self.layout == "multiple_choice" else "classification"
+        """The head this task needs (`keras_adapterfusion.heads.make_head` kinds)."""
+        if self.layout == "multiple_choice":
+            return "multiple_choice"
+        return {"single_label": "classification", "multi_label": "multilabel", "regression": "regression"}[self.kind]
 
     @property
     def num_labels(self):
-        return len(self.label_names)
+        return 1 if self.kind == "regression" else len(self.label_names)
 
     def split_name(self, split):
+        if self.data is not None:
+            if split not in self.data:
+                raise ValueError(f"Task {self.name}: has no {split!r} split; it has {sorted(self.data)}"
+                                 + (" (pass a file for it)" if self.source else "") + ".")
+            return split
         mapping = dict(self.splits)
         if split not in mapping:
             raise ValueError(f"Task {self.name}: split {split!r}; expected one of {sorted(mapping)}.")
         return mapping[split]
+
+    def has_split(self, split):
+        return split in (self.data if self.data is not None else dict(self.splits))
+
+    def to_config(self):
+        """What a run directory records to find this task again: its registry name, or how it was made."""
+        if self.data is None:
+            return {"name": self.name}
+        return {"name": self.name, "kind": self.kind, "layout": self.layout, "label_names": list(self.label_names),
+                "metrics": list(self.metrics), "source": self.source}
 
     def examples_to_texts(self, example):
         """One TFDS example (numpy dict) -> the text input: str, (str, str) or (context, [choices])."""
@@ -107,6 +147,10 @@ class Task:
 
         `limit` takes the first `limit` examples (all of them when there are fewer).
         """
+        if self.data is not None:
+            inputs, labels = self.data[self.split_name(split)]
+            end = len(labels) if limit is None else int(limit)
+            return list(inputs[:end]), np.array(labels[:end])
         if self.offline:  # plain files, no TensorFlow needed
             from keras_adapterfusion.tasks.offline_data import prepared_split
 
@@ -191,7 +235,7 @@ def list_tasks(offline_only=False):
 
 
 def get_task(name):
-    """The `Task` called `name`; a `ValueError` lists the known names otherwise."""
+    """The `Task` called `name` (or a `Task` itself); a `ValueError` lists the known names otherwise."""
     if isinstance(name, Task):
         return name
     if name not in TASKS:

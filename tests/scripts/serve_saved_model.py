@@ -1,7 +1,9 @@
 """Run every signature of a SavedModel with TensorFlow alone (no Keras, no keras_adapterfusion).
 
-Usage: serve_saved_model.py VERSION_DIR INPUTS.npz OUTPUTS.npz
+Usage: serve_saved_model.py VERSION_DIR INPUTS.npz OUTPUTS.npz [TEXTS.json]
 Writes each output as `<signature>/<output>`; prints the modules it saw imported.
+TensorFlow Text is imported (as TF Serving links its ops) for the raw-text signatures,
+which get the texts of TEXTS.json.
 """
 
 import json
@@ -9,12 +11,20 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the ops of the raw-text signatures)
 
 version_dir, inputs_path, outputs_path = sys.argv[1:4]
+texts = json.load(open(sys.argv[4])) if len(sys.argv) > 4 else None
 loaded = tf.saved_model.load(version_dir)
 inputs = dict(np.load(inputs_path))
 results = {}
 for name, fn in loaded.signatures.items():
+    if name.endswith("_text"):
+        if texts is None:
+            continue
+        for key, value in fn(text=tf.constant(texts)).items():
+            results[f"{name}/{key}"] = value.numpy()
+        continue
     args = {k: tf.constant(v) for k, v in inputs.items()}
     for key, value in fn(**args).items():
         results[f"{name}/{key}"] = value.numpy()

@@ -1,0 +1,196 @@
+"""Tokenizers inside the TensorFlow graph, for SavedModel signatures that take raw text.
+
+With one of these in an exported model, a REST client sends
+`{"instances": ["some text"]}` and the model server tokenizes. Two families are
+supported, built from the Hugging Face tokenizer the model was trained with:
+
+| tokenizer | vocabulary | graph ops |
+|---|---|---|
+| WordPiece (BERT, MiniLM: `tokenizer.json` with a `WordPiece` model, or `vocab.txt`) | the vocabulary's tokens | `tf.strings.lower`, `regex_replace` (TensorFlow); `normalize_utf8`, `regex_split_with_offsets`, `WordpieceTokenizer` (TensorFlow Text) |
+| SentencePiece (XLM-R: `sentencepiece.bpe.model`) | the SentencePiece model, with fairseq's id offset | `SentencepieceTokenizer` (TensorFlow Text) |
+
+Byte-level BPE (RoBERTa, GPT-2: `vocab.json` + `merges.txt`) has no reliable
+in-graph tokenizer in TensorFlow Text; those exports keep the token-id
+signatures only, and `graph_tokenizer` says so.
+
+The WordPiece graph follows Hugging Face's `BertNormalizer` and
+`BertPreTokenizer` step by step: control characters removed and other whitespace
+made a space (clean_text); lower case, NFD and accents removed (when the
+tokenizer lowercases); words split at Unicode whitespace, ASCII and Unicode
+punctuation and CJK characters; WordPiece with `##` continuations and `[UNK]`
+for words longer than 100 bytes (Hugging Face counts 100 characters: the same for
+ASCII). `tests/test_graph_tokenizers.py` checks that the graph's ids equal the
+Python tokenizer's on every text of the offline corpora.
+
+TensorFlow Serving's standard model server links the TensorFlow Text ops used
+here (its own regression model `tf_text_regression` exercises `normalize_utf8`,
+`regex_split`, `WordpieceTokenizer` and `SentencepieceTokenizer`); the newer
+"Fast" tokenizers of TensorFlow Text are not linked in, so they are not used.
+Export needs `tensorflow-text` installed (`pip install keras-adapterfusion[serving]`).
+
+Example:
+
+```python
+from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+
+tok = graph_tokenizer("path/to/checkpoint", max_length=128)   # a tf.Module
+ids = tok(tf.constant(["What a film!"]))                      # input_ids, attention_mask, token_type_ids
+```
+"""
+
+import json
+import os
+
+from keras_adapterfusion.errors import ExportError
+
+_PUNCTUATION = r"[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}"
+_CJK = "|".join(r"[\x{%X}-\x{%X}]" % pair for pair in (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
+_SPLIT = r"[\s\p{Zs}]+|" + _PUNCTUATION + "|" + _CJK
+_KEEP = _PUNCTUATION + "|" + _CJK
+
+
+def _tokenizer_json(directory):
+    path = os.path.join(directory, "tokenizer.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def tokenizer_family(directory):
+    """`"wordpiece"`, `"sentencepiece"` or `"bpe"` for the tokenizer files in `directory` (None if unknown)."""
+    spec = _tokenizer_json(directory)
+    model = (spec or {}).get("model", {}).get("type")
+    if os.path.isfile(os.path.join(directory, "sentencepiece.bpe.model")):
+        return "sentencepiece"
+    if model == "WordPiece" or (model is None and os.path.isfile(os.path.join(directory, "vocab.txt"))):
+        return "wordpiece"
+    if model == "BPE" or os.path.isfile(os.path.join(directory, "merges.txt")):
+        return "bpe"
+    return None
+
+
+def _wordpiece_settings(directory):
+    spec = _tokenizer_json(directory)
+    if spec is not None:
+        vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+        tokens = [t for t, _ in vocab]
+        if [i for _, i in vocab] != list(range(len(tokens))):
+            raise ExportError(f"{directory}/tokenizer.json: the WordPiece ids are not 0..n-1.")
+        normalizer = spec.get("normalizer") or {}
+        lowercase = bool(normalizer.get("lowercase", True))
+        strip = normalizer.get("strip_accents")
+        model = spec["model"]
+        return dict(tokens=tokens, lowercase=lowercase, strip_accents=lowercase if strip is None else bool(strip),
+                    unk=model.get("unk_token", "[UNK]"), prefix=model.get("continuing_subword_prefix", "##"),
+                    max_word=int(model.get("max_input_chars_per_word", 100)))
+    with open(os.path.join(directory, "vocab.txt"), encoding="utf-8") as f:
+        tokens = [line.rstrip("\n") for line in f]
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    lowercase = True
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            lowercase = bool(json.load(f).get("do_lower_case", True))
+    return dict(tokens=tokens, lowercase=lowercase, strip_accents=lowercase, unk="[UNK]", prefix="##", max_word=100)
+
+
+def graph_tokenizer(tokenizer_dir, max_length=128, special_ids=None):
+    """A `tf.Module` that tokenizes a `tf.string` batch like the Hugging Face tokenizer in `tokenizer_dir`.
+
+    Args:
+        tokenizer_dir: a directory with the tokenizer's files (what `save_pretrained` writes).
+        max_length: truncation length, special tokens included.
+        special_ids: `{"cls", "sep", "pad"}` ids; read from the tokenizer when `None`.
+
+    Returns:
+        A module whose call maps texts `[batch]` to a dict of int64 `[batch, tokens]`
+        `input_ids`, `attention_mask`, `token_type_ids` (padded to the longest).
+
+    Raises:
+        ExportError: the tokenizer is byte-level BPE or unknown, or `tensorflow-text`
+            is not installed.
+    """
+    try:
+        import tensorflow_text  # noqa: F401
+    except ImportError as e:
+        raise ExportError("export: a raw-text signature needs tensorflow-text (pip install "
+                          "keras-adapterfusion[serving]).") from e
+    family = tokenizer_family(tokenizer_dir)
+    if family == "wordpiece":
+        return _WordPieceModule(_wordpiece_settings(tokenizer_dir), max_length, special_ids)
+    if family == "sentencepiece":
+        return _SentencePieceModule(os.path.join(tokenizer_dir, "sentencepiece.bpe.model"), max_length)
+    raise ExportError(f"export: {tokenizer_dir}: a {family or 'unknown'} tokenizer has no reliable in-graph "
+                      "counterpart; export without the raw-text signature (token ids only).")
+
+
+def _finish(tf, pieces, first, last, pad, max_length):
+    """Truncate the ragged ids, add the special tokens, pad: the three model inputs."""
+    pieces = pieces[:, : max_length - 2]
+    rows = tf.shape(pieces.row_lengths())[0]
+    ids = tf.concat([tf.fill([rows, 1], tf.constant(first, tf.int64)), pieces,
+                     tf.fill([rows, 1], tf.constant(last, tf.int64))], axis=1)
+    input_ids = ids.to_tensor(default_value=pad)
+    mask = tf.ones_like(ids).to_tensor(default_value=0)
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": tf.zeros_like(input_ids)}
+
+
+def _make_modules():
+    import tensorflow as tf
+    import tensorflow_text as text
+
+    class WordPiece(tf.Module):
+        def __init__(self, settings, max_length, special_ids):
+            super().__init__(name="wordpiece_tokenizer")
+            tokens = settings["tokens"]
+            index = {t: i for i, t in enumerate(tokens)}
+            special = special_ids or {"cls": index["[CLS]"], "sep": index["[SEP]"], "pad": index.get("[PAD]", 0)}
+            self.settings = {k: v for k, v in settings.items() if k != "tokens"}
+            self.special = special
+            self.max_length = int(max_length)
+            init = tf.lookup.KeyValueTensorInitializer(tf.constant(tokens), tf.range(len(tokens), dtype=tf.int64))
+            self.table = tf.lookup.StaticHashTable(init, default_value=-1)
+            self.wordpiece = text.WordpieceTokenizer(self.table, suffix_indicator=settings["prefix"],
+                                                     max_bytes_per_word=settings["max_word"],
+                                                     unknown_token=settings["unk"], token_out_type=tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            x = tf.strings.regex_replace(texts, r"[\t\n\r]", " ")
+            x = tf.strings.regex_replace(x, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}\p{Co}\p{Cs}]", "")
+            if self.settings["lowercase"]:
+                x = tf.strings.lower(x, encoding="utf-8")
+            if self.settings["strip_accents"]:
+                x = text.normalize_utf8(x, "NFD")
+                x = tf.strings.regex_replace(x, r"\p{Mn}", "")
+            words = text.regex_split(x, _SPLIT, _KEEP)
+            pieces = self.wordpiece.tokenize(words).merge_dims(-2, -1)
+            return _finish(tf, pieces, self.special["cls"], self.special["sep"], self.special["pad"],
+                           self.max_length)
+
+    class SentencePiece(tf.Module):
+        """XLM-R: SentencePiece ids shifted by fairseq's offset (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3)."""
+
+        def __init__(self, model_path, max_length):
+            super().__init__(name="sentencepiece_tokenizer")
+            with open(model_path, "rb") as f:
+                self.sentencepiece = text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
+            self.max_length = int(max_length)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            ids = tf.cast(self.sentencepiece.tokenize(texts), tf.int64)
+            ids = tf.ragged.map_flat_values(lambda v: tf.where(tf.equal(v, 0), tf.constant(3, tf.int64), v + 1), ids)
+            return _finish(tf, ids, 0, 2, 1, self.max_length)
+
+    return WordPiece, SentencePiece
+
+
+def _WordPieceModule(settings, max_length, special_ids):
+    return _make_modules()[0](settings, max_length, special_ids)
+
+
+def _SentencePieceModule(model_path, max_length):
+    return _make_modules()[1](model_path, max_length)

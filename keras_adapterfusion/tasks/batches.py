@@ -1,0 +1,95 @@
+"""`TokenBatches`: tokenized examples as a `keras.utils.PyDataset`, on any backend, without TensorFlow.
+
+The same batching as the `tf.data` path of `tasks.pipeline.make_dataset`: padding
+to each batch's longest example or length buckets (by default at the quartiles of
+the lengths, each bucket batched on its own), a shuffle of the examples and of the
+batch order every epoch drawn from `seed` (epoch `e` uses the generator
+`numpy.random.default_rng([seed, e])`, so a run is reproducible), and a fixed
+number of batches per epoch, so `fit` shows a progress bar.
+
+Example:
+
+```python
+from keras_adapterfusion.tasks.batches import TokenBatches
+
+train = TokenBatches(encoded, labels, batch_size=16, shuffle=True, seed=0, padding="buckets")
+model.fit(train, epochs=3)
+```
+"""
+
+import keras
+import numpy as np
+
+from keras_adapterfusion.tasks.pipeline import INPUT_KEYS, bucket_plan, lengths
+
+
+class TokenBatches(keras.utils.PyDataset):
+    """Batches of `(x, y)` from `tokenize`'s output (see the module docstring).
+
+    Args:
+        encoded: the dict `tasks.pipeline.tokenize` returns.
+        labels: one label per example (ints, multi-hot rows or floats).
+        batch_size: examples per batch.
+        shuffle: reshuffle every epoch.
+        seed: the shuffle seed.
+        padding: `"longest"` or `"buckets"`.
+        bucket_boundaries: length boundaries for `"buckets"`.
+        drop_remainder: drop the last smaller batch of each bucket.
+        **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
+    """
+
+    def __init__(self, encoded, labels, batch_size=32, shuffle=False, seed=0, padding="longest",
+                 bucket_boundaries=None, drop_remainder=False, **kwargs):
+        super().__init__(**kwargs)
+        self.encoded = encoded
+        self.labels = np.asarray(labels)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_remainder = drop_remainder
+        n = len(self.labels)
+        self.choices = encoded["input_ids"][0].ndim == 2
+        if padding == "buckets" and not self.choices:
+            boundaries, self.bucket_of = bucket_plan(lengths(encoded), bucket_boundaries)
+            self.num_buckets = len(boundaries) + 1
+        else:
+            self.bucket_of, self.num_buckets = np.zeros(n, int), 1
+        self.epoch = 0
+        self.plan = self._plan(0)
+
+    def _plan(self, epoch):
+        n = len(self.labels)
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        batches = []
+        for bucket in range(self.num_buckets):
+            members = order[self.bucket_of[order] == bucket]
+            stop = len(members) - len(members) % self.batch_size if self.drop_remainder else len(members)
+            batches.extend(members[i:i + self.batch_size] for i in range(0, stop, self.batch_size))
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __len__(self):
+        return len(self.plan)
+
+    @property
+    def num_batches(self):
+        return len(self.plan)
+
+    def __getitem__(self, index):
+        members = self.plan[index]
+        longest = max(self.encoded["input_ids"][i].shape[-1] for i in members)
+        x = {}
+        for key in INPUT_KEYS:
+            first = self.encoded[key][members[0]]
+            out = np.zeros((len(members),) + first.shape[:-1] + (longest,), np.int32)
+            for row, i in enumerate(members):
+                value = self.encoded[key][i]
+                out[row, ..., : value.shape[-1]] = value
+            x[key] = out
+        return x, self.labels[members]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.plan = self._plan(self.epoch)
