@@ -31,8 +31,9 @@ setup(
         "importlib_resources",
     ],
     extras_require={
-        "serving": ["tensorflow-serving-api"],
-        "dev": ["pytest", "jax[cpu]", "tensorflow-serving-api"],
+        # gRPC requests, and the raw-text signatures' in-graph tokenizers (2.21.0's wheel cannot load its ICU data).
+        "serving": ["tensorflow-serving-api", "tensorflow-text>=2.21.1"],
+        "dev": ["pytest", "jax[cpu]", "tensorflow-serving-api", "tensorflow-text>=2.21.1", "sentencepiece"],
     },
     entry_points={"console_scripts": ["keras-adapterfusion=keras_adapterfusion.cli:main"]},
     license="Apache-2.0",
