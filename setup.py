@@ -24,6 +24,7 @@ setup(
         "safetensors",
         "tensorflow-datasets",
         "keras-tuner",
+        "tensorboard",  # --log-dir's TensorBoard logs
         "numpy",
         "matplotlib",
         # tensorflow-datasets needs it on every Python but declares it only for < 3.9

@@ -29,16 +29,33 @@ def _fusion_setup(model):
     return setup
 
 
-def collect_fusion_attentions(model, dataset, steps=None, slot="output", verbose=1):
+def _batches(data, batch_size):
+    """Batches of `data`: Keras-style arrays (`x` or `(x, y[, w])`, `x` a dict of arrays) are cut into
+    batches; anything else (a `tf.data.Dataset`, a `PyDataset`, a list of batches) is iterated as it is."""
+    if isinstance(data, tuple) and data and isinstance(data[0], dict):
+        data = data[0]
+    if isinstance(data, dict):
+        arrays = {k: np.asarray(v) for k, v in data.items()}
+        n = len(arrays["input_ids"])
+        return [{k: v[i:i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
+    if isinstance(data, keras.utils.PyDataset):
+        return (data[i] for i in range(len(data)))
+    return data
+
+
+def collect_fusion_attentions(model, dataset, steps=None, slot="output", verbose=1, batch_size=64):
     """Mean fusion attention per block and adapter over the real tokens of `dataset`.
 
     Args:
         model: an `AdapterModel` whose `adapter_setup` is a fusion.
-        dataset: iterable of `x` or `(x, y[, w])` batches, `x` a dict with
-            `input_ids` and `attention_mask` (a `tf.data.Dataset` works).
+        dataset: the inputs as Keras takes them: a dict of arrays `x`, a tuple
+            `(x, y[, w])` of arrays (cut into batches of `batch_size`), or batches
+            of `x` or `(x, y[, w])` (a `tf.data.Dataset`, a `PyDataset`, a list);
+            `x` holds `input_ids` and `attention_mask`.
         steps: stop after this many batches.
         slot: `"output"` or `"mh"` (the slot after attention).
         verbose: show a progress bar.
+        batch_size: batch size for arrays.
 
     Returns:
         A numpy array `[blocks, adapters]`; each row sums to 1.
@@ -47,7 +64,7 @@ def collect_fusion_attentions(model, dataset, steps=None, slot="output", verbose
     key = "fusion_attentions" if slot == "output" else "mh_fusion_attentions"
     total, count = None, 0.0
     progbar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
-    for i, batch in enumerate(dataset):
+    for i, batch in enumerate(_batches(dataset, batch_size)):
         if steps is not None and i >= steps:
             break
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -102,7 +119,8 @@ class FusionAttentionCallback(keras.callbacks.Callback):
     fusion attention of the model being trained over `dataset`.
 
     Args:
-        dataset: validation batches (see `collect_fusion_attentions`).
+        dataset: validation data, as `collect_fusion_attentions` takes it (arrays,
+            `(x, y)` arrays, or batches); read anew every snapshot.
         directory: where the files go.
         every: epochs between two snapshots.
         steps: batches per snapshot.
@@ -110,6 +128,9 @@ class FusionAttentionCallback(keras.callbacks.Callback):
 
     def __init__(self, dataset, directory, every=1, steps=None):
         super().__init__()
+        if hasattr(dataset, "__next__"):
+            raise ValueError("FusionAttentionCallback: got an iterator, which the second snapshot would find empty; "
+                             "pass arrays, (x, y) arrays, a tf.data.Dataset, a PyDataset or a list of batches.")
         self.dataset = dataset
         self.directory = directory
         self.every = every

@@ -128,21 +128,90 @@ def prepare(task, tokenizer, split, max_length=128, limit=None, sample=None, see
 
 
 def dataset(encoded, labels, batch_size, shuffle=False, seed=0):
+    """Batches for `fit`: length buckets when they pay, else every batch padded alike.
+
+    On TensorFlow (`tf.data`) buckets always pay. On the other backends every
+    distinct batch shape compiles the training step anew (XLA), so buckets are
+    used only when each of the four holds at least 16 batches; smaller sets are
+    padded to their longest example (one shape).
+    """
     from keras_adapterfusion.tasks import make_dataset
+    from keras_adapterfusion.tasks.pipeline import default_data_path
 
+    path = default_data_path()
+    many = len(labels) >= 4 * 16 * batch_size
+    buckets = encoded["input_ids"][0].ndim == 1 and (path == "tf.data" or many)
     return make_dataset(encoded, labels, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                        padding="longest" if encoded["input_ids"][0].ndim == 2 else "buckets")
+                        padding="buckets" if buckets else "longest", data_path=path)
 
 
-def fit(model, stage, train, epochs, learning_rate=None, steps_per_epoch=None, verbose=None):
-    """Compile a builder's model for its stage (AdamW, linear decay) and fit it. Returns the losses."""
+def fit(model, stage, train, epochs, learning_rate=None, steps_per_epoch=None, verbose=None, validation=None,
+        callbacks=()):
+    """Compile a builder's model for its stage (AdamW, linear decay) and fit it.
+
+    Args:
+        validation: `(task, encoded, labels)`: after every epoch the task's metrics and
+            the loss on them are computed and logged as `val_<name>` (see
+            `ValidationMetrics`), so they show in the progress output and the history,
+            and callbacks such as `EarlyStopping(monitor="val_loss")` can use them.
+        callbacks: more Keras callbacks (they see the validation logs).
+
+    Returns:
+        The history: metric name -> one value per epoch (`loss`, `val_loss`, `val_accuracy`, ...).
+    """
     from keras_adapterfusion import training
 
     steps = steps_per_epoch if steps_per_epoch is not None else _batches_per_epoch(train)
     training.compile_for_stage(model, STAGE_TO_OPTIMIZER[stage], total_steps=max(1, steps * epochs),
                                learning_rate=learning_rate)
-    history = model.fit(train, epochs=epochs, verbose=progress_verbosity() if verbose is None else verbose)
-    return [float(v) for v in history.history["loss"]]
+    callbacks = ([ValidationMetrics(*validation)] if validation is not None else []) + list(callbacks)
+    history = model.fit(train, epochs=epochs, verbose=progress_verbosity() if verbose is None else verbose,
+                        callbacks=callbacks)
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def _loss(task, labels, logits):
+    """The training loss of `task`'s head on `logits`, in NumPy (what the compiled loss computes)."""
+    labels = np.asarray(labels)
+    logits = np.asarray(logits, dtype=np.float64)
+    if task.kind == "regression":
+        return float(np.mean((logits.reshape(-1) - labels.reshape(-1)) ** 2))
+    if task.kind == "multi_label":
+        return float(np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))))
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(labels)), labels.astype(int)]))
+
+
+def _make_validation_callback():
+    import keras
+
+    class ValidationMetrics(keras.callbacks.Callback):
+        """After every epoch: the task's metrics and loss on validation data, as `val_<name>` in the logs.
+
+        Args:
+            task: the `Task` (its metrics and kind).
+            encoded: tokenized validation inputs (`tasks.tokenize`).
+            labels: their labels.
+        """
+
+        def __init__(self, task, encoded, labels):
+            super().__init__()
+            self.task, self.encoded, self.labels = task, encoded, np.asarray(labels)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logits = predict_logits(self.model, self.encoded)
+            if logs is not None:
+                logs["val_loss"] = _loss(self.task, self.labels, logits)
+                for name, value in _metrics(self.task, self.labels, logits).items():
+                    logs[f"val_{name}"] = value
+
+    return ValidationMetrics
+
+
+def ValidationMetrics(task, encoded, labels):  # noqa: N802  (a class made on first use: Keras loads lazily)
+    """A Keras callback logging the task's metrics and loss on validation data after every epoch."""
+    return _make_validation_callback()(task, encoded, labels)
 
 
 def _batches_per_epoch(train):
@@ -154,16 +223,27 @@ def _batches_per_epoch(train):
 
 
 def evaluate(model, task, encoded, labels, batch_size=64):
-    """The task's metrics of `model` on tokenized data.
+    """The task's metrics of `model` on tokenized data (see `predict_logits`)."""
+    from keras_adapterfusion.tasks import get_task
+
+    task = get_task(task)
+    return _metrics(task, np.asarray(labels), predict_logits(model, encoded, batch_size))
+
+
+def _metrics(task, labels, logits):
+    from keras_adapterfusion.tasks import compute_metrics
+
+    return compute_metrics(task.metrics, np.asarray(labels), logits, kind=getattr(task, "kind", "single_label"))
+
+
+def predict_logits(model, encoded, batch_size=64):
+    """`model`'s outputs on tokenized data, as float64.
 
     Every batch is padded to the longest example of the whole set, so the
     prediction function is traced once rather than once per batch shape.
     """
     import keras
 
-    from keras_adapterfusion.tasks import compute_metrics, get_task
-
-    task = get_task(task)
     x = {k: _pad([np.asarray(v) for v in encoded[k]]) for k in encoded}
     data, size = x, batch_size
     if keras.backend.backend() == "tensorflow":
@@ -173,8 +253,7 @@ def evaluate(model, task, encoded, labels, batch_size=64):
         # parallel map, which op determinism (`seed_everything`) rewrites, logging a spurious
         # error line ("NodeDef mentions attribute use_unbounded_threadpool"). The same batches.
         data, size = tf.data.Dataset.from_tensor_slices(x).batch(batch_size), None
-    logits = np.asarray(model.predict(data, batch_size=size, verbose=0), dtype=np.float64)
-    return compute_metrics(task.metrics, np.asarray(labels), logits, kind=getattr(task, "kind", "single_label"))
+    return np.asarray(model.predict(data, batch_size=size, verbose=0), dtype=np.float64)
 
 
 def _pad(values):
@@ -184,6 +263,14 @@ def _pad(values):
     for i, v in enumerate(values):
         out[i, ..., : v.shape[-1]] = v
     return out
+
+
+def run_task(run):
+    """The `Task` a run directory's `run.json` names: a registry name, or how the user's data was read."""
+    from keras_adapterfusion.tasks import get_task, task_from_config
+
+    task = run.get("task")
+    return task_from_config(task) if isinstance(task, dict) else get_task(task)
 
 
 def read_run(run_dir):

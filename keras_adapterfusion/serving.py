@@ -402,7 +402,57 @@ class ServingClient:
         label_map_path = os.path.join(assets, "label_map.json")
         if not os.path.isfile(label_map_path):
             raise FileNotFoundError(f"{label_map_path}: missing; expected an export of keras_adapterfusion.")
-        return cls(assets, _read_label_map(label_map_path), max_length)
+        client = cls(assets, _read_label_map(label_map_path), max_length)
+        client.version_dir = os.fspath(version_dir)
+        return client
+
+    # ------------------------------------------------------------ predictions
+    def predictions_from_outputs(self, outputs, signature_name="serving_default", num_texts=None):
+        """One dict per row: `label`, `probability` and `probabilities`, checked as `labels_from_outputs` checks.
+
+        `label` is a name (a list of names for multi-label, a float for regression);
+        `probability` that label's probability (one per name for multi-label; `None`
+        for regression); `probabilities` maps every label name to its probability.
+        """
+        task = self._task(signature_name)
+        labels = self._labels(task, outputs, "", "the outputs", num_texts)
+        names = self.label_map["tasks"][task]["labels"]
+        problem = self.label_map["tasks"][task]["problem_type"]
+        probs = np.asarray(outputs["probabilities"], dtype=np.float64)
+        out = []
+        for label, row in zip(labels, probs.reshape(len(labels), -1)):
+            if problem == "regression":
+                out.append({"label": label, "probability": None, "probabilities": {}})
+                continue
+            table = {name: float(p) for name, p in zip(names, row)}
+            probability = [table[n] for n in label] if problem == "multi_label" else table[label]
+            out.append({"label": label, "probability": probability, "probabilities": table})
+        return out
+
+    def predict_local(self, texts, signature_name="serving_default"):
+        """Run the exported SavedModel in this process (no server): one prediction dict per text.
+
+        Needs TensorFlow (and TensorFlow Text for an export with raw-text signatures);
+        the client must come from `from_export`. See `predictions_from_outputs`.
+        """
+        if not getattr(self, "version_dir", None):
+            raise ValueError("serving: predict_local needs a client made with ServingClient.from_export(dir).")
+        import tensorflow as tf
+
+        try:
+            import tensorflow_text  # noqa: F401  (the ops of raw-text signatures)
+        except ImportError:
+            pass
+        self._task(signature_name)
+        if getattr(self, "_loaded", None) is None:
+            self._loaded = tf.saved_model.load(self.version_dir)
+        if signature_name not in self._loaded.signatures:
+            raise ValueError(f"serving: {self.version_dir} has no signature {signature_name!r}; it has "
+                             f"{sorted(self._loaded.signatures)}.")
+        dtype = tf.as_dtype(self.label_map.get("input_dtype", "int64"))
+        inputs = {k: tf.constant(v, dtype) for k, v in self.encode(texts).items()}
+        outputs = {k: v.numpy() for k, v in self._loaded.signatures[signature_name](**inputs).items()}
+        return self.predictions_from_outputs(outputs, signature_name, len(inputs["input_ids"]))
 
     # ------------------------------------------------------------- requests
     def encode(self, texts):
@@ -698,7 +748,7 @@ class ServingClient:
 
     # ----------------------------------------------------------------- REST
     def predict_rest(self, server_url, model_name, texts, signature_name="serving_default", version=None,
-                     timeout=30.0):
+                     timeout=30.0, details=False):
         """POST `texts` to `{server_url}/v1/models/{model_name}[/versions/{v}]:predict`; return labels.
 
         Proxies from the environment (`http_proxy`, `https_proxy`, `no_proxy`) are used as `urllib` does.
@@ -711,9 +761,11 @@ class ServingClient:
             version: a model version, or None for the latest.
             timeout: seconds for the whole request: connecting (name lookup included), sending, and
                 reading the full reply. A finite number > 0.
+            details: return one dict per text (`label`, `probability`, `probabilities`; see
+                `predictions_from_outputs`) instead of the labels.
 
         Returns:
-            One label per text, as `labels_from_outputs` gives them.
+            One label per text, as `labels_from_outputs` gives them (or dicts, with `details`).
 
         Raises:
             ValueError: `timeout` is not a finite number > 0, `server_url` is not an http(s) URL,
@@ -733,5 +785,9 @@ class ServingClient:
         body = json.dumps(request).encode()
         status, content_type, data = _post(url, body, timeout)
         response = _json_reply(url, status, content_type, data)
-        return self._labels_from_rest(response, signature_name, len(request["instances"]),
-                                      f"the reply from {url}")
+        labels = self._labels_from_rest(response, signature_name, len(request["instances"]),
+                                        f"the reply from {url}")
+        if not details:
+            return labels
+        outputs = {k: [p[k] for p in response["predictions"]] for k in response["predictions"][0]}
+        return self.predictions_from_outputs(outputs, signature_name, len(labels))

@@ -42,6 +42,9 @@ def pytest_collection_modifyitems(config, items):
     if BACKEND == "tensorflow":
         return
     skip = pytest.mark.skip(reason=f"needs the TensorFlow backend (running on {BACKEND})")
+    once = pytest.mark.skip(reason="backend-independent: runs in the TensorFlow pass")
     for item in items:
         if "tensorflow_only" in item.keywords:
             item.add_marker(skip)
+        elif "backend_independent" in item.keywords:
+            item.add_marker(once)

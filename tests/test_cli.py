@@ -57,7 +57,7 @@ def read(path):
 def test_training_commands_write_artefacts_and_metrics(runs):
     expected = {
         "tweets": {"adapter", "head"}, "subj": {"adapter", "head"}, "head": {"head"}, "full": {"model.keras"},
-        "fuse": {"adapters", "fusion", "head"},
+        "fuse": {"adapters", "fusion", "head", "fusion_heatmap.png", "fusion_attention.json"},
     }
     for key, parts in expected.items():
         files = set(os.listdir(runs[key]))
@@ -65,6 +65,11 @@ def test_training_commands_write_artefacts_and_metrics(runs):
         metrics = read(os.path.join(runs[key], "metrics.json"))
         assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics and metrics["examples"] == 32
         assert len(metrics["losses"]) == 1 and np.isfinite(metrics["losses"][0])
+        # Per-epoch validation metrics (the validation split is also the evaluated one here).
+        assert metrics["split"] == "validation" and metrics["history"]["val_accuracy"] == [metrics["accuracy"]]
+        assert {"val_loss", "val_macro_f1", "loss"} <= set(metrics["history"]) and metrics["best_epoch"] == 1
+    attention = read(os.path.join(runs["fuse"], "fusion_attention.json"))
+    assert attention["adapters"] == ["tweets", "subj"] and np.allclose(np.sum(attention["mean_attention"], 1), 1)
     assert sorted(os.listdir(os.path.join(runs["fuse"], "adapters"))) == ["subj", "tweets"]
     run = read(os.path.join(runs["fuse"], "run.json"))
     assert run["stage"] == "fusion" and run["adapters"] == ["tweets", "subj"] and run["train_examples"] == 32
@@ -85,8 +90,8 @@ def test_export_from_run_directory(runs, tmp_path):
     code = cli.main(["export", "--run-dir", runs["fuse"], "--export-dir", str(tmp_path), "--model-name", "tweets"])
     assert code == 0
     label_map = read(tmp_path / "tweets" / "1" / "assets" / "label_map.json")
-    assert label_map["tasks"]["default"]["labels"] == ["negative", "positive"]
-    assert os.path.isfile(tmp_path / "tweets" / "1" / "assets" / "tokenizer.json")
+    assert label_map["tasks"]["default"]["labels"] == ["negative", "positive"]  # from the saved head
+    assert os.path.isfile(tmp_path / "tweets" / "1" / "assets" / "tokenizer.json")  # the encoder's own
 
 
 def one_error_line(capsys):
@@ -169,20 +174,11 @@ def _draw_from_global_random_state():
 
 
 def test_a_first_data_build_does_not_change_the_results(tmp_path, data_dir, monkeypatch):
-    from keras_adapterfusion import demo, experiments
+    """The CLI (and the demo, the same way: `seed_everything` after the data) seeds after building the data."""
+    from keras_adapterfusion import experiments
 
-    tiny = demo.DemoSize(source_train=32, source_epochs=1, target_train=32, target_epochs=1, seeds=1,
-                         max_length=24, batch_size=16, test_limit=32, sources=("subjectivity",))
-    monkeypatch.setitem(demo.SIZES, "quick", tiny)
     argv = ["train-adapter", "--task", "vader_tweets", "--data-dir", data_dir] + SMALL
-
-    def run_both():
-        out = tmp_path / str(len(os.listdir(tmp_path)))
-        results = demo.run_demo(str(out / "demo"), "quick", data_dir=data_dir)
-        assert cli.main(argv + ["--output-dir", str(out / "cli")]) == 0
-        return results, read(out / "cli" / "metrics.json")
-
-    plain_demo, plain_cli = run_both()
+    assert cli.main(argv + ["--output-dir", str(tmp_path / "plain")]) == 0
     prepare = experiments.prepare
 
     def prepare_drawing(*args, **kwargs):
@@ -190,11 +186,58 @@ def test_a_first_data_build_does_not_change_the_results(tmp_path, data_dir, monk
         return prepare(*args, **kwargs)
 
     monkeypatch.setattr(experiments, "prepare", prepare_drawing)
-    drawn_demo, drawn_cli = run_both()
-    assert drawn_cli["losses"] == pytest.approx(plain_cli["losses"], rel=1e-6)
-    assert drawn_cli["accuracy"] == plain_cli["accuracy"]
-    assert drawn_demo["sources"]["subjectivity"]["losses"] == pytest.approx(
-        plain_demo["sources"]["subjectivity"]["losses"], rel=1e-6)
-    for setup in demo.SETUPS:
-        assert drawn_demo["runs"][setup][0]["losses"] == pytest.approx(plain_demo["runs"][setup][0]["losses"],
-                                                                       rel=1e-6), setup
+    assert cli.main(argv + ["--output-dir", str(tmp_path / "drawn")]) == 0
+    plain, drawn = read(tmp_path / "plain" / "metrics.json"), read(tmp_path / "drawn" / "metrics.json")
+    assert drawn["losses"] == pytest.approx(plain["losses"], rel=1e-6)
+    assert drawn["accuracy"] == plain["accuracy"]
+
+
+# ------------------------------------------------------------ your own data
+def _write_csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentence", "sentiment"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_own_csv_from_training_to_a_served_prediction(tmp_path, capsys):
+    """A CSV with its own column names and string labels: train-adapter, fuse, export --run-dir and predict
+    --export, with the label names and probabilities in the output."""
+    from keras_adapterfusion.tasks.offline_data import prepared_split
+
+    files = {}
+    for split, n in (("train", 48), ("validation", 16), ("test", 16)):
+        texts, labels, _ = prepared_split("vader_sentiment/tweets", split, limit=n)
+        files[split] = _write_csv(tmp_path / f"{split}.csv", [(t, ["sad", "happy"][y]) for t, y in zip(texts, labels)])
+    data = ["--train-file", files["train"], "--validation-file", files["validation"], "--test-file", files["test"],
+            "--text-column", "sentence", "--label-column", "sentiment", "--max-length", "24", "--epochs", "1",
+            "--batch-size", "16", "--learning-rate", "1e-3"]
+    for name in ("a", "b"):
+        assert cli.main(["train-adapter", "--adapter-name", name, "--output-dir", str(tmp_path / name)] + data) == 0
+    assert cli.main(["fuse", "--adapters", str(tmp_path / "a"), str(tmp_path / "b"),
+                     "--output-dir", str(tmp_path / "fuse"), "--eval-split", "test"] + data) == 0
+    run = read(tmp_path / "fuse" / "run.json")
+    assert run["label_names"] == ["happy", "sad"] and run["task"]["source"]["label_column"] == "sentiment"
+    assert read(tmp_path / "fuse" / "metrics.json")["split"] == "test"
+    capsys.readouterr()
+    assert cli.main(["export", "--run-dir", str(tmp_path / "fuse"), "--export-dir", str(tmp_path / "export"),
+                     "--model-name", "mood"]) == 0  # no --labels: they travel with the model
+    assert "(the encoder's own)" in capsys.readouterr().out
+    version = str(tmp_path / "export" / "mood" / "1")
+    assert read(os.path.join(version, "assets", "label_map.json"))["tasks"]["default"]["labels"] == ["happy", "sad"]
+    assert cli.main(["predict", "--export", version, "--text", "what a wonderful day", "--text", "I hate this"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, text in zip(lines, ("what a wonderful day", "I hate this")):
+        label, probability, shown = line.split("\t")
+        assert label in ("happy", "sad") and 0.5 <= float(probability) <= 1.0 and shown == text
+    assert cli.main(["predict", "--export", version, "--text", "meh", "--format", "jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert set(row["probabilities"]) == {"happy", "sad"} and sum(row["probabilities"].values()) == pytest.approx(1)
+    assert cli.main(["evaluate", "--run-dir", str(tmp_path / "fuse"), "--test-file", files["test"],
+                     "--text-column", "sentence", "--label-column", "sentiment", "--output",
+                     str(tmp_path / "again.json")]) == 0
+    assert read(tmp_path / "again.json")["accuracy"] == read(tmp_path / "fuse" / "metrics.json")["accuracy"]

@@ -22,6 +22,8 @@ from keras_adapterfusion import cli
 from keras_adapterfusion.backbones.checkpoint import DEFAULT_ENCODER, resolve_checkpoint
 from keras_adapterfusion.io.directories import MANIFEST, MANIFEST_FORMAT
 
+pytestmark = pytest.mark.backend_independent  # no backend changes what it tests: the TensorFlow pass runs it
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "backbones")
 PROG = "keras-adapterfusion"
 HEAVY = ("keras", "tensorflow", "jax", "transformers", "torch", "tensorflow_datasets")
@@ -151,10 +153,10 @@ def tripwires(monkeypatch):
 
     for name in ("cmd_train_adapter", "cmd_fuse", "cmd_finetune", "cmd_head_only", "cmd_evaluate", "cmd_demo",
                  "cmd_export", "cmd_predict"):
-        monkeypatch.setattr(cli, name, reached)
-    monkeypatch.setattr(cli, "_quiet_startup", backend)
+        monkeypatch.setattr(cli.commands, name, reached)
+    monkeypatch.setattr(cli.startup, "quiet_startup", backend)
     # In-process the test's own Keras backend shows; export's backend check has its own test.
-    monkeypatch.setattr(cli, "_keras_backend", lambda: "tensorflow")
+    monkeypatch.setattr(cli.checks, "keras_backend", lambda: "tensorflow")
     return calls
 
 
@@ -396,7 +398,7 @@ GOOD = [
 
 @pytest.mark.parametrize("argv, attributes", GOOD, ids=[_id(c) for c in GOOD])
 def test_good_arguments_reach_the_command(argv, attributes, ws, tripwires, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_quiet_startup", lambda: None)
+    monkeypatch.setattr(cli.startup, "quiet_startup", lambda: None)
     assert cli.main(fill(argv, ws)) == 0, capsys.readouterr().err
     (args,) = tripwires
     for key, value in attributes.items():
@@ -407,13 +409,13 @@ def test_good_arguments_reach_the_command(argv, attributes, ws, tripwires, capsy
 def test_json_configs_are_loaded_and_checked(ws, tripwires, monkeypatch):
     from keras_adapterfusion.configs import AdapterConfig
 
-    monkeypatch.setattr(cli, "_quiet_startup", lambda: None)
+    monkeypatch.setattr(cli.startup, "quiet_startup", lambda: None)
     assert cli.main(fill(ADAPTER + ["--adapter-config", "{config_good}"], ws)) == 0
     assert tripwires[0].adapter_config == AdapterConfig.from_dict({"reduction_factor": 8})
 
 
 def test_export_needs_the_tensorflow_backend(ws, tripwires, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_keras_backend", lambda: "jax")
+    monkeypatch.setattr(cli.checks, "keras_backend", lambda: "jax")
     assert cli.main(fill(EXPORT, ws)) == 2
     assert "export needs KERAS_BACKEND=tensorflow (it is 'jax')" in one_error_line(capsys)
 
@@ -421,12 +423,12 @@ def test_export_needs_the_tensorflow_backend(ws, tripwires, capsys, monkeypatch)
 def test_keras_backend_is_read_without_importing_keras(monkeypatch, tmp_path):
     monkeypatch.delitem(sys.modules, "keras")
     monkeypatch.setenv("KERAS_BACKEND", "jax")
-    assert cli._keras_backend() == "jax"
+    assert cli.startup.keras_backend() == "jax"
     monkeypatch.delenv("KERAS_BACKEND")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert cli._keras_backend() == "tensorflow"
+    assert cli.startup.keras_backend() == "tensorflow"
     (tmp_path / "keras.json").write_text('{"backend": "torch"}')
-    assert cli._keras_backend() == "torch"
+    assert cli.startup.keras_backend() == "torch"
 
 
 def test_package_errors_while_loading_are_one_line(ws, monkeypatch, capsys):
@@ -435,8 +437,8 @@ def test_package_errors_while_loading_are_one_line(ws, monkeypatch, capsys):
     def broken(args):
         raise CheckpointError("/x/weights.safetensors: tensor 'a' has shape (2,); expected (3,).")
 
-    monkeypatch.setattr(cli, "_quiet_startup", lambda: None)
-    monkeypatch.setattr(cli, "cmd_head_only", broken)
+    monkeypatch.setattr(cli.startup, "quiet_startup", lambda: None)
+    monkeypatch.setattr(cli.commands, "cmd_head_only", broken)
     assert cli.main(fill(TRAIN, ws)) == 2
     assert one_error_line(capsys).endswith("tensor 'a' has shape (2,); expected (3,).")
 
@@ -459,10 +461,10 @@ def test_startup_noise_filter():
         "E0000 00:00:1.4 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
         "a real warning\n"
     )
-    assert cli._startup_lines_to_keep(text) == "a real warning\n"
+    assert cli.startup.startup_lines_to_keep(text) == "a real warning\n"
     # With a CUDA driver, a failing cuInit is news and stays.
     with_driver = "E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
-    assert cli._startup_lines_to_keep(with_driver) == with_driver
+    assert cli.startup.startup_lines_to_keep(with_driver) == with_driver
 
 
 def test_tensorflow_imported_later_stays_quiet():
@@ -470,9 +472,9 @@ def test_tensorflow_imported_later_stays_quiet():
     code = (
         "import os\n"
         "from keras_adapterfusion import cli\n"
-        "with cli._startup_lines_filtered():\n"
+        "with cli.startup.startup_lines_filtered():\n"
         "    os.write(2, b'a line that stays\\nI0000 1 cpu_feature_guard.cc:227] noise\\n')\n"
-        "cli._quiet_startup()\n"
+        "cli.startup.quiet_startup()\n"
         "import tensorflow as tf\n"
         "print(tf.constant(2).numpy() + 1)\n"
     )

@@ -4,6 +4,8 @@ import pytest
 
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 
+pytestmark = pytest.mark.backend_independent  # no backend changes what it tests: the TensorFlow pass runs it
+
 
 def test_presets_match_design_table():
     pf = AdapterConfig.from_preset("seq_bn")

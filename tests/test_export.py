@@ -191,8 +191,14 @@ def test_predict_cli_against_rest_server(exported, models, tokenizer_dir, capsys
         out = capsys.readouterr().out.strip().splitlines()
         assert code == 0
         x = keras_inputs(tokenizer_dir, TEXTS[:2])
-        labels = [["neg", "neu", "pos"][i] for i in ops.convert_to_numpy(models["fuse"](x)).argmax(-1)]
-        assert out == [f"{labels[0]}\t{TEXTS[0]}", f"{labels[1]}\t{TEXTS[1]}"]
+        logits = ops.convert_to_numpy(models["fuse"](x))
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        labels = [["neg", "neu", "pos"][i] for i in logits.argmax(-1)]
+        assert out == [f"{labels[i]}\t{probs[i].max():.3f}\t{TEXTS[i]}" for i in range(2)]
+        # The same without a server: the SavedModel runs in this process.
+        assert main(["predict", "--export", path, "--text", TEXTS[0], "--text", TEXTS[1]]) == 0
+        assert capsys.readouterr().out.strip().splitlines() == out
 
         code = main(["predict", "--server", url, "--export", path, "--model-name", "nope", "--text", "x"])
         err = capsys.readouterr().err.strip().splitlines()

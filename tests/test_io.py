@@ -21,6 +21,8 @@ from keras_adapterfusion.io import (
 )
 from keras_adapterfusion.io.directories import MANIFEST, old_path, staging_path
 
+pytestmark = pytest.mark.backend_independent  # no backend changes what it tests: the TensorFlow pass runs it
+
 CRASH_SAVE = os.path.join(os.path.dirname(__file__), "scripts", "crash_save.py")
 FILES = ("module.json", "weights.safetensors", os.path.join("nested", "part"))
 
@@ -144,7 +146,6 @@ def _steps(tmp_path, replacing):
     return record.read_text().split()
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("replacing", [True, False])
 def test_kill_at_every_file_system_step_loses_nothing(tmp_path, replacing):
     """SIGKILL a saving process at each step: the path (or a sibling that `saved_directory`

@@ -1,6 +1,9 @@
-"""One battery over every adapter and fusion variant (runs on TensorFlow and JAX)."""
+"""Every layer and head through one battery (tests/layer_battery.py), plus the rules the battery cannot see.
 
-import os
+Runs on TensorFlow and JAX. `run_layer_battery` checks, per case: the config (symmetric with `__init__`,
+`from_config` and JSON round trips), a symbolic call against the eager one, mixed precision against
+float32 with the same weights, one `fit` step, and a `.keras` round trip.
+"""
 
 import keras
 import numpy as np
@@ -8,18 +11,21 @@ import pytest
 from keras import ops
 
 from conftest import BACKEND, max_abs
+from layer_battery import LayerCase, run_layer_battery
 from keras_adapterfusion import (
     AdapterConfig,
     AdapterFusion,
-    AdapterModel,
     BottleneckAdapter,
     ClassificationHead,
     FusionConfig,
     TransformerBlock,
     TransformerEncoder,
 )
+from keras_adapterfusion.layers import MultipleChoiceHead, TextEmbeddings, TokenClassificationHead
 
 H, LAYERS = 32, 2
+# The battery's shapes: hidden 16, batch 3, 6 tokens.
+BH, B, T = 16, 3, 6
 
 ADAPTER_VARIANTS = {
     "seq_bn": AdapterConfig.from_preset("seq_bn"),
@@ -87,65 +93,276 @@ def fusion_param_count(config, hidden):
     return (hidden * hidden + hidden) * (config.query + config.key) + hidden * hidden * config.value
 
 
-# ------------------------------------------------------------ adapter battery
+# ------------------------------------------------------------------ battery cases
+def _normal(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _mask():
+    mask = np.ones((B, T), "int32")
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    return mask
+
+
+def _ids(vocab=40, seed=0, pad=None):
+    ids = np.random.default_rng(seed).integers(2, vocab, size=(B, T)).astype("int32")
+    if pad is not None:
+        ids[1, 4:] = pad
+    return ids
+
+
+def _adapter_kwargs(config):
+    return dict(bottleneck_size=config.bottleneck_size(BH, 0), non_linearity=config.non_linearity,
+                ln_before=config.ln_before, ln_after=config.ln_after,
+                adapter_residual_before_ln=config.adapter_residual_before_ln, scaling=config.scaling,
+                init_weights=config.init_weights, dropout=config.dropout)
+
+
+def _fusion_kwargs(config, **extra):
+    fields = config.to_dict()
+    fields["dropout_prob"] = 0.1 if fields["dropout_prob"] is None else fields["dropout_prob"]
+    return {**fields, **extra}
+
+
+# Key biases have an exact gradient of zero (in attention and in fusion, `q · b_K` is the same for every
+# key and cancels in the softmax): a fit step moves them by rounding noise or not at all.
+KEY_BIAS = ("key/bias",)
+
+
+def _block_kwargs(**extra):
+    return dict(hidden_size=BH, num_heads=2, intermediate_size=32, hidden_dropout=0.1, attention_dropout=0.1,
+                **extra)
+
+
+def _freeze(*layers_of):
+    """`prepare_fit` that freezes the layers `layers_of(layer)` returns (a training stage)."""
+
+    def prepare(layer):
+        for getter in layers_of:
+            for sub in getter(layer):
+                sub.trainable = False
+
+    return prepare
+
+
+def _block_base(block):
+    return block.base_layers()
+
+
+def _block_adapters(block):
+    return [a for slot in (block.mh_adapters, block.output_adapters) for a in slot.values()]
+
+
+def _adapter_changes_block_output(block, inputs, outputs):
+    assert set(outputs) == {"hidden_states"}  # no fusion: no attention entries
+    plain = block(**inputs)["hidden_states"]
+    assert max_abs(outputs["hidden_states"], plain) > 1e-3
+
+
+def _fusion_probabilities(slots):
+    def check(block, inputs, outputs):
+        mh, out = outputs.get("mh_fusion_attention"), outputs["fusion_attention"]
+        assert (mh is not None) == (slots == "double_seq_bn")
+        for probs in (mh, out) if mh is not None else (out,):
+            p = ops.convert_to_numpy(probs)
+            assert p.shape == (B, T, 3)
+            np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+
+    return check
+
+
+# The cases whose fit step is compiled (`tf.function` / `jax.jit`): at least one of every class, and the
+# fusion variants that change state or add a loss inside the step. The others fit eagerly: the same
+# gradients, without a trace that costs 1 to 17 s per case (TensorFlow, 2 CPU cores).
+COMPILED_FIT = {
+    "adapter-ln_before_after", "fusion-dynamic", "fusion-temperature", "block-adapter-seq_bn",
+    "block-fusion-double_seq_bn-dynamic", "embeddings-roberta", "head-classification", "head-multiple_choice",
+    "head-token_classification", "encoder-plain",
+}
+
+
+def battery_cases():
+    cases = []
+    # Bottleneck adapters: every distinct layer among the adapter variants.
+    seen = []
+    for variant, config in sorted(ADAPTER_VARIANTS.items()):
+        kwargs = _adapter_kwargs(config)
+        if kwargs in seen:
+            continue
+        seen.append(kwargs)
+        cases.append(LayerCase(f"adapter-{variant}", BottleneckAdapter, kwargs,
+                               {"inputs": _normal(B, T, BH), "residual": _normal(B, T, BH, seed=1)}))
+    # Fusion layers: every variant, and the reference form.
+    fusion_inputs = {"query": _normal(B, T, BH), "adapter_outputs": _normal(B, T, 3, BH, seed=1),
+                     "residual": _normal(B, T, BH, seed=2)}
+    # The dynamic one also trains under both mixed policies (float16 with loss scaling), as its float32
+    # softmax and its regularization loss meet float16 there; whole models train in mixed precision
+    # in test_stages.py (MiniLM with fusion).
+    for variant, config in sorted(FUSION_VARIANTS.items()):
+        cases.append(LayerCase(f"fusion-{variant}", AdapterFusion, _fusion_kwargs(config), fusion_inputs,
+                               updated_in_training=("temperature",), may_stay=KEY_BIAS,
+                               fit_mixed_precision=variant == "dynamic"))
+    cases.append(LayerCase("fusion-dynamic-reference_form", AdapterFusion,
+                           _fusion_kwargs(FUSION_VARIANTS["dynamic"], reference_form=True), fusion_inputs,
+                           may_stay=KEY_BIAS))
+    # Blocks: with each adapter variant (stage 1: only the adapter trains) and with a fusion of each
+    # variant over adapters in either slot preset (stage 2: only the fusion trains).
+    block_inputs = {"hidden_states": _normal(B, T, BH, seed=1), "attention_mask": _mask()}
+    for variant, config in sorted(ADAPTER_VARIANTS.items()):
+        cases.append(LayerCase(
+            f"block-adapter-{variant}", TransformerBlock, _block_kwargs(adapters={"task": config.to_dict()}),
+            block_inputs, {"adapter_setup": "task"}, prepare_fit=_freeze(_block_base), may_stay=KEY_BIAS,
+            check=_adapter_changes_block_output,
+        ))
+    for slots in ("seq_bn", "double_seq_bn"):
+        adapters = {n: AdapterConfig.from_preset(slots, reduction_factor=r).to_dict()
+                    for n, r in (("a", 4), ("b", 8), ("c", 2))}
+        for variant, config in sorted(FUSION_VARIANTS.items()):
+            fusions = {"a,b,c": {"adapters": ["a", "b", "c"], "config": config.to_dict(), "name": None}}
+            # Stage 2 trains only the fusion; a fusion without weights lets the adapters train through it.
+            frozen = (_block_base, _block_adapters) if config.query or config.key or config.value else (_block_base,)
+            cases.append(LayerCase(
+                f"block-fusion-{slots}-{variant}", TransformerBlock,
+                _block_kwargs(adapters=adapters, fusions=fusions), block_inputs, {"adapter_setup": ["a", "b", "c"]},
+                prepare_fit=_freeze(*frozen), updated_in_training=("temperature",), may_stay=KEY_BIAS,
+                check=_fusion_probabilities(slots),
+            ))
+    # Embeddings.
+    cases.append(LayerCase("embeddings-absolute", TextEmbeddings,
+                           dict(vocab_size=40, hidden_size=BH, max_positions=T, type_vocab_size=2),
+                           {"input_ids": _ids(), "token_type_ids": (_ids() % 2).astype("int32")}))
+    cases.append(LayerCase("embeddings-roberta", TextEmbeddings,
+                           dict(vocab_size=40, hidden_size=BH, max_positions=T + 2, type_vocab_size=1,
+                                pad_token_id=1, position_style="roberta", layer_norm_epsilon=1e-5, dropout=0.0),
+                           {"input_ids": _ids(pad=1)}))
+    # Heads: each kind.
+    hidden = _normal(B, T, BH)
+    cases += [
+        LayerCase("head-classification", ClassificationHead, dict(num_labels=3, label_names=["neg", "neu", "pos"]),
+                  {"hidden_states": hidden}),
+        LayerCase("head-classification-pooler-1layer", ClassificationHead,
+                  dict(num_labels=2, layers=1, use_pooler=True), {"hidden_states": hidden,
+                                                                   "pooled_output": _normal(B, BH, seed=3)}),
+        LayerCase("head-multilabel", ClassificationHead,
+                  dict(num_labels=4, head_type="multilabel_classification", activation="relu", dropout=0.0),
+                  {"hidden_states": hidden}),
+        LayerCase("head-regression", ClassificationHead,
+                  dict(num_labels=1, head_type="regression", layers=3, use_bias=False), {"hidden_states": hidden}),
+        LayerCase("head-multiple_choice", MultipleChoiceHead,
+                  dict(num_choices=3, activation="gelu", label_names=["A", "B", "C"]),
+                  {"hidden_states": _normal(B * 3, T, BH)}),
+        LayerCase("head-token_classification", TokenClassificationHead,
+                  dict(num_labels=5, layers=2, label_names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]),
+                  {"hidden_states": hidden}),
+    ]
+    # Encoders: plain with the pooler and all hidden states; a RoBERTa-style one with an adapter left
+    # out of block 1 (stage 1); one (of one block, to keep it quick) fusing adapters in both slots.
+    encoder = dict(vocab_size=40, hidden_size=BH, num_layers=2, num_heads=2, intermediate_size=32, max_positions=T + 2)
+    encoder_inputs = {"inputs": {"input_ids": _ids(), "attention_mask": _mask(),
+                                 "token_type_ids": np.zeros((B, T), "int32")}}
+    houlsby = {n: AdapterConfig.from_preset("double_seq_bn", reduction_factor=4).to_dict() for n in ("a", "b")}
+    cases += [
+        LayerCase("encoder-plain", TransformerEncoder, encoder, encoder_inputs, {"output_hidden_states": True},
+                  may_stay=KEY_BIAS),
+        LayerCase("encoder-roberta-adapter-leave_out", TransformerEncoder,
+                  dict(encoder, position_style="roberta", pad_token_id=1, type_vocab_size=1, use_pooler=False,
+                       model_type="roberta", adapters={"task": ADAPTER_VARIANTS["per_block_reduction"].to_dict()}),
+                  {"inputs": {"input_ids": _ids(pad=1), "attention_mask": _mask()}}, {"adapter_setup": "task"},
+                  prepare_fit=_freeze(lambda e: [e.embeddings],
+                                      lambda e: [layer for b in e.blocks for layer in b.base_layers()]),
+                  may_stay=KEY_BIAS),
+        LayerCase("encoder-fusion-double_seq_bn", TransformerEncoder,
+                  dict(encoder, num_layers=1, adapters=houlsby,
+                       fusions={"a,b": {"adapters": ["a", "b"], "config": FusionConfig().to_dict(), "name": None}}),
+                  encoder_inputs, {"adapter_setup": ["a", "b"]}, may_stay=KEY_BIAS),
+    ]
+    for case in cases:
+        case.fit_run_eagerly = case.id not in COMPILED_FIT
+    return cases
+
+
+BATTERY_CASES = battery_cases()
+
+
+def test_battery_covers_every_layer_and_head():
+    classes = {case.cls for case in BATTERY_CASES}
+    assert classes == {BottleneckAdapter, AdapterFusion, TransformerBlock, TextEmbeddings, ClassificationHead,
+                       MultipleChoiceHead, TokenClassificationHead, TransformerEncoder}
+    head_types = {c.init_kwargs.get("head_type", "classification")
+                  for c in BATTERY_CASES if c.cls is ClassificationHead}
+    assert head_types == {"classification", "multilabel_classification", "regression"}
+    ids = [case.id for case in BATTERY_CASES]
+    assert len(ids) == len(set(ids))
+    for variant in ADAPTER_VARIANTS:
+        assert f"block-adapter-{variant}" in ids
+    for variant in FUSION_VARIANTS:
+        assert f"fusion-{variant}" in ids
+        assert {f"block-fusion-seq_bn-{variant}", f"block-fusion-double_seq_bn-{variant}"} <= set(ids)
+    assert COMPILED_FIT <= set(ids)
+    assert any(case.fit_mixed_precision for case in BATTERY_CASES)
+    assert {case.cls for case in BATTERY_CASES if not case.fit_run_eagerly} == classes
+
+
+@pytest.mark.parametrize("case", BATTERY_CASES, ids=lambda case: case.id)
+def test_layer_battery(case, tmp_path):
+    run_layer_battery(case, tmp_path)
+
+
+def test_battery_catches_a_config_that_drops_an_argument():
+    """What `MultipleChoiceHead.get_config` once did (before f865cd0): drop `use_bias`, so a head built
+    without a bias came back from its config with one. The battery names the argument."""
+
+    @keras.saving.register_keras_serializable(package="keras_adapterfusion_tests")
+    class DroppingHead(MultipleChoiceHead):
+        def get_config(self):
+            config = super().get_config()
+            config.pop("use_bias")
+            return config
+
+    case = LayerCase("dropping", DroppingHead, dict(num_choices=2, use_bias=False),
+                     {"hidden_states": _normal(2 * B, T, BH)})
+    with pytest.raises(AssertionError, match=r"drops __init__ arguments \['use_bias'\]"):
+        run_layer_battery(case, None)
+
+
+def test_battery_catches_a_wrong_symbolic_shape():
+    @keras.saving.register_keras_serializable(package="keras_adapterfusion_tests")
+    class WrongShapeHead(ClassificationHead):
+        def compute_output_shape(self, hidden_states_shape, pooled_output_shape=None):
+            return (hidden_states_shape[0], self.num_labels + 1)
+
+    case = LayerCase("wrong", WrongShapeHead, dict(num_labels=2), {"hidden_states": _normal(B, T, BH)})
+    with pytest.raises(AssertionError, match="symbolic vs eager"):
+        run_layer_battery(case, None)
+
+
+# ------------------------------------------------ variants inside the encoder
 @pytest.mark.parametrize("variant", sorted(ADAPTER_VARIANTS))
-def test_adapter_battery(variant, tmp_path):
+def test_adapter_variant_in_encoder(variant):
+    """Weight count across blocks (`leave_out`, per-block factors), config, symbolic shapes, and the
+    encoder unchanged while the adapter is off."""
     config = ADAPTER_VARIANTS[variant]
     encoder = tiny_encoder()
     x = batch()
     base = encoder(x)["last_hidden_state"]
     encoder.add_adapter("task", config)
     perturb(encoder.adapter_weights("task"))
-
-    # config round trip of the layers that were created
-    for block in encoder.blocks:
-        for layer in block.adapter_layers("task").values():
-            clone = BottleneckAdapter.from_config(layer.get_config())
-            assert clone.get_config() == layer.get_config()
-    enc_clone = TransformerEncoder.from_config(encoder.get_config())
-    assert enc_clone.adapter_configs["task"] == config
-
-    # trainable count of the adapter
+    assert TransformerEncoder.from_config(encoder.get_config()).adapter_configs["task"] == config
     n = sum(int(np.prod(v.shape)) for v in encoder.adapter_weights("task"))
     assert n == adapter_param_count(config, H, LAYERS)
-
-    # symbolic call
     sym = {k: keras.Input((None,), dtype="int32", name=k) for k in x}
-    out = encoder(sym, adapter_setup="task")
-    assert tuple(out["last_hidden_state"].shape) == (None, None, H)
-
-    # eager call: the adapter changes the output, and is finite
+    assert tuple(encoder(sym, adapter_setup="task")["last_hidden_state"].shape) == (None, None, H)
     y = encoder(x, adapter_setup="task")["last_hidden_state"]
     assert np.all(np.isfinite(ops.convert_to_numpy(y)))
     assert max_abs(y, base) > 1e-3
-    # with adapter off, the encoder is unchanged
     assert max_abs(encoder(x)["last_hidden_state"], base) == 0.0
-
-    # one fit step changes the adapter weights and only them
-    model = AdapterModel(encoder, ClassificationHead(2, dropout=0.0), adapter_setup="task", output_key="logits")
-    adapter_ids = {id(v) for v in encoder.adapter_weights("task")}
-    for w in encoder.weights:
-        w.trainable = id(w) in adapter_ids
-    before = [ops.convert_to_numpy(v) for v in encoder.adapter_weights("task")]
-    frozen_before = ops.convert_to_numpy(encoder.embeddings.word_embeddings.embeddings)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    hist = model.fit(x, np.array([0, 1, 1]), epochs=1, verbose=0)
-    assert np.isfinite(hist.history["loss"][0])
-    after = [ops.convert_to_numpy(v) for v in encoder.adapter_weights("task")]
-    assert any(max_abs(a, b) > 0 for a, b in zip(after, before))
-    assert max_abs(encoder.embeddings.word_embeddings.embeddings, frozen_before) == 0.0
-
-    # .keras round trip gives identical outputs
-    path = os.path.join(tmp_path, "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert max_abs(loaded(x), model(x)) < 1e-6
 
 
 @pytest.mark.parametrize("variant", sorted(FUSION_VARIANTS))
 @pytest.mark.parametrize("slots", ["seq_bn", "double_seq_bn"])
-def test_fusion_battery(variant, slots, tmp_path):
+def test_fusion_variant_in_encoder(variant, slots):
+    """Fusion weight count, attention shapes (symbolic and eager) and probabilities over the adapters."""
     config = FUSION_VARIANTS[variant]
     encoder = tiny_encoder()
     for i, name in enumerate(["a", "b", "c"]):
@@ -155,40 +372,20 @@ def test_fusion_battery(variant, slots, tmp_path):
     assert key == "a,b,c"
     perturb(encoder.fusion_weights(key), scale=0.1, seed=7)
     x = batch()
-
     n = sum(int(np.prod(v.shape)) for v in encoder.fusion_weights(key) if v.trainable)
     per_block = fusion_param_count(config, H) * (2 if slots == "double_seq_bn" else 1)
     assert n == per_block * LAYERS
-
     sym = {k: keras.Input((None,), dtype="int32", name=k) for k in x}
     out = encoder(sym, adapter_setup=["a", "b", "c"])
     assert tuple(out["fusion_attentions"].shape) == (LAYERS, None, None, 3)
-
     out = encoder(x, adapter_setup=["a", "b", "c"])
     p = ops.convert_to_numpy(out["fusion_attentions"])
     assert p.shape == (LAYERS, 3, 7, 3)
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
     if slots == "double_seq_bn":
         assert ops.convert_to_numpy(out["mh_fusion_attentions"]).shape == (LAYERS, 3, 7, 3)
-
-    model = AdapterModel(encoder, ClassificationHead(3, dropout=0.0), adapter_setup=["a", "b", "c"],
-                         output_key="logits")
-    fusion_vars = [v for v in encoder.fusion_weights(key) if v.trainable]
-    for w in encoder.trainable_weights:
-        w.trainable = any(w is f for f in fusion_vars)
-    before = [ops.convert_to_numpy(v) for v in fusion_vars]
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    hist = model.fit(x, np.array([0, 1, 2]), epochs=1, verbose=0)
-    assert np.isfinite(hist.history["loss"][0])
-    after = [ops.convert_to_numpy(v) for v in fusion_vars]
-    if fusion_vars:
-        assert any(max_abs(a, b) > 0 for a, b in zip(after, before))
-
-    path = os.path.join(tmp_path, "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert max_abs(loaded(x), model(x)) < 1e-6
+    else:
+        assert "mh_fusion_attentions" not in out
 
 
 # ---------------------------------------------------- fast form == reference form
@@ -231,17 +428,38 @@ def _grads(layer, inputs):
     return [np.asarray(x) for x in list(gw) + list(gx)]
 
 
+@pytest.fixture
+def x64():
+    """64-bit floats for the duration of a test: on JAX, `jax_enable_x64` on, then back as it was.
+
+    Without it JAX silently makes float64 arrays float32 (with a warning), and a "float64" test runs in
+    float32. TensorFlow always has float64.
+    """
+    if BACKEND != "jax":
+        yield
+        return
+    import jax
+
+    previous = bool(jax.config.read("jax_enable_x64"))
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("variant", sorted(FUSION_VARIANTS))
-def test_fast_fusion_equals_reference_form(variant, dtype):
+def test_fast_fusion_equals_reference_form(variant, dtype, request):
     """Outputs, attentions and gradients (weights and inputs) of the two forms agree.
 
     In float64 the agreement is 1e-10 (the forms are algebraically equal); in
     float32 it is 1e-5, relative to the gradient's size for gradients, since the
-    two forms sum in a different order.
+    two forms sum in a different order. The float64 case runs in float64 on every
+    backend (JAX with `jax_enable_x64`, see the `x64` fixture) and checks that it does.
     """
-    if dtype == "float64" and keras.backend.standardize_dtype(ops.ones((), "float64").dtype) != "float64":
-        pytest.skip(f"{BACKEND} runs without 64-bit floats (jax_enable_x64 is off)")
+    if dtype == "float64":
+        request.getfixturevalue("x64")
     fast, ref = _fusion_pair(FUSION_VARIANTS[variant], dtype=dtype)
     tol = 1e-5 if dtype == "float32" else 1e-10
     rng = np.random.default_rng(0)
@@ -250,11 +468,16 @@ def test_fast_fusion_equals_reference_form(variant, dtype):
     r = rng.normal(size=(2, 5, 16)).astype(dtype)
     out_f, p_f = fast(q, u, r)
     out_r, p_r = ref(q, u, r)
+    for v in fast.weights + ref.weights:
+        assert keras.backend.standardize_dtype(v.dtype) == dtype, v.path
+    for x in (out_f, p_f, out_r, p_r):
+        assert ops.convert_to_numpy(x).dtype == np.dtype(dtype)
     assert max_abs(out_f, out_r) < tol
     assert max_abs(p_f, p_r) < tol
     grads_f, grads_r = _grads(fast, [q, u, r]), _grads(ref, [q, u, r])
     assert len(grads_f) == len(grads_r) == len(fast.trainable_variables) + 3
     for gf, gr in zip(grads_f, grads_r):
+        assert gf.dtype == gr.dtype == np.dtype(dtype)
         assert gf.shape == gr.shape
         assert max_abs(gf, gr) < tol * max(1.0, float(np.max(np.abs(gr))))
 
@@ -311,7 +534,7 @@ def test_block_semantics_match_design_formulas():
     perturb(block.adapter_layers("pf")["output"].weights)
     ad = block.adapter_layers("pf")["output"]
     x = np.random.default_rng(0).normal(size=(2, 4, 16)).astype("float32")
-    out, _, _ = block(x, adapter_setup="pf")
+    out = block(x, adapter_setup="pf")["hidden_states"]
     # recompute by hand from the block's parts
     att = block.hidden_dropout_layer(block.attention_output_dense(block._attention(x, None, False)))
     x1 = block.attention_norm(att + x)
@@ -346,18 +569,3 @@ def test_fused_adapters_must_share_slot_flags():
     assert all(not b.fusion_specs for b in encoder.blocks)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision(policy):
-    keras.config.set_dtype_policy(policy)
-    encoder = tiny_encoder()
-    for n in ("a", "b"):
-        encoder.add_adapter(n, "seq_bn")
-    encoder.add_fusion(["a", "b"])
-    model = AdapterModel(encoder, ClassificationHead(2), adapter_setup=["a", "b"], output_key="logits")
-    x = batch()
-    logits = model(x)
-    assert keras.backend.standardize_dtype(logits.dtype) == policy.split("_")[1]
-    assert encoder.blocks[0].output_fusions["a,b"].value_dense.kernel.dtype == "float32"
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    hist = model.fit(x, np.array([0, 1, 1]), epochs=2, verbose=0)
-    assert all(np.isfinite(hist.history["loss"]))

@@ -103,6 +103,10 @@ def test_keras_round_trip_identical_outputs(builder, trained, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert max_abs(loaded(x), expected) == 0.0
+    assert loaded.compiled and loaded.optimizer is not None  # comes back compiled: evaluate works at once
+    y = np.zeros(len(x["input_ids"]), "int32")
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True)["loss"] == pytest.approx(
+        model.evaluate(x, y, verbose=0, return_dict=True)["loss"], rel=1e-5)
     assert len(loaded.trainable_weights) == len(trainable)
     assert sum(int(np.prod(v.shape)) for v in loaded.trainable_weights) == sum(
         int(np.prod(v.shape)) for v in model.trainable_weights)

@@ -18,6 +18,8 @@ import pytest
 from keras_adapterfusion.errors import ServingError
 from keras_adapterfusion.serving import ServingClient
 
+pytestmark = pytest.mark.backend_independent  # no backend changes what it tests: the TensorFlow pass runs it
+
 LABEL_MAP = {
     "tasks": {
         "sent": {"labels": ["neg", "pos"], "problem_type": "single_label"},

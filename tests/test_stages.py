@@ -282,6 +282,16 @@ def test_fusion_attention_heatmap(tmp_path):
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(batches[0][0], batches[0][1], epochs=2, verbose=0, callbacks=[callback])
     assert sorted(os.listdir(tmp_path / "cb")) == ["epoch_1.json", "epoch_1.png", "epoch_2.json", "epoch_2.png"]
+    # Keras-style validation data, (x, y) arrays, read anew every epoch (a tuple crashed after epoch 1).
+    x_all = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
+    arrays = analysis.FusionAttentionCallback((x_all, np.zeros(12)), str(tmp_path / "arrays"))
+    model.fit(batches[0][0], batches[0][1], epochs=2, verbose=0, callbacks=[arrays])
+    assert len(arrays.history) == 2
+    np.testing.assert_allclose(analysis.collect_fusion_attentions(model, (x_all, np.zeros(12)), verbose=0,
+                                                                  batch_size=5),
+                               analysis.collect_fusion_attentions(model, batches, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="got an iterator"):
+        analysis.FusionAttentionCallback(iter(batches), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="expected a fusion"):
         analysis.collect_fusion_attentions(builders.build_head_only_model(enc, num_labels=2), batches)
 

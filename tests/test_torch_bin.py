@@ -40,6 +40,8 @@ from torch_files import (  # noqa: F401  (the opcode builders)
     write_zip,
 )
 
+pytestmark = pytest.mark.backend_independent  # no backend changes what it tests: the TensorFlow pass runs it
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_BIN = os.path.join(HERE, "fixtures", "torch_bin")
 VARIANT = os.path.join(HERE, "fixtures", "reference_variants", "single_no_original_ln_after")

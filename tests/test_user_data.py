@@ -8,6 +8,8 @@ import pytest
 from keras_adapterfusion.tasks import DataError, from_files, from_lists, task_from_config
 from keras_adapterfusion.tasks.pipeline import compute_metrics, make_dataset
 
+pytestmark = pytest.mark.backend_independent  # no backend changes what it tests: the TensorFlow pass runs it
+
 SENTENCES = [("what a lovely film", "good"), ("dull and far too long", "bad"), ("a joy to watch", "good"),
              ("I want my money back", "bad"), ("the cast is superb", "good"), ("boring", "bad")]
 

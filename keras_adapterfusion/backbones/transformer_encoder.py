@@ -296,8 +296,9 @@ class TransformerEncoder(keras.layers.Layer):
         hidden = [x]
         mh_probs, out_probs = [], []
         for block in self.blocks:
-            x, p_mh, p_out = block(x, attention_mask=mask, adapter_setup=setup, adapter_index=adapter_index,
-                                   training=training)
+            out = block(x, attention_mask=mask, adapter_setup=setup, adapter_index=adapter_index,
+                        training=training)
+            x, p_mh, p_out = out["hidden_states"], out.get("mh_fusion_attention"), out.get("fusion_attention")
             hidden.append(x)
             mh_probs.append(p_mh)
             out_probs.append(p_out)

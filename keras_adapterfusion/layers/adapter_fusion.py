@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_adapterfusion.configs import FusionConfig
+from keras_adapterfusion.layers.numerics import softmax_input
 
 TEMPERATURE_START = 50.0
 
@@ -208,9 +209,9 @@ class AdapterFusion(keras.layers.Layer):
         q = self.query_dense(query) if self.use_query else query
         scores, values = self._scores_and_values(q, u)
         scores = self.score_dropout(scores, training=training)
-        scores = ops.cast(scores, "float32")
+        scores = softmax_input(scores)
         if self.temperature:
-            t = ops.cast(self.temperature_value, "float32")
+            t = ops.cast(self.temperature_value, scores.dtype)
             scores = scores / t
             if training:
                 self.temperature_value.assign(ops.maximum(t - TEMPERATURE_START / 1000.0, 1.0))

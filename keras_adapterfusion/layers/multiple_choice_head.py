@@ -66,7 +66,8 @@ class MultipleChoiceHead(ClassificationHead):
         return ops.reshape(scores, (-1, self.num_choices))
 
     def compute_output_shape(self, hidden_states_shape, pooled_output_shape=None):
-        return (None, self.num_choices)
+        rows = hidden_states_shape[0]
+        return (None if rows is None else rows // self.num_choices, self.num_choices)
 
     def get_config(self):
         config = super().get_config()

@@ -8,6 +8,7 @@ from keras_adapterfusion.layers.activations import get_activation
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup, fusion_key
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
+from keras_adapterfusion.layers.numerics import lowest, softmax_input
 from keras_adapterfusion.names import check_name, path_part
 
 SLOTS = ("mh", "output")
@@ -53,15 +54,17 @@ class TransformerBlock(keras.layers.Layer):
         training: Python bool.
 
     Returns:
-        `(hidden_states, mh_attention, output_attention)`; the attentions are the
-        fusion probabilities `[batch, tokens, N]` of each slot, or `None`.
+        A dict: `hidden_states` `[batch, tokens, hidden]`, and, when a slot runs a
+        fusion, its attention probabilities `[batch, tokens, N]` as
+        `mh_fusion_attention` / `fusion_attention` (absent otherwise, so that every
+        output is a tensor and the block works in functional models too).
 
     Example:
 
     ```python
     block = TransformerBlock(hidden_size=64, num_heads=4, intermediate_size=128)
     block.add_adapter("sentiment", "seq_bn")
-    out, _, _ = block(keras.random.normal((2, 5, 64)), adapter_setup="sentiment")
+    out = block(keras.random.normal((2, 5, 64)), adapter_setup="sentiment")["hidden_states"]
     ```
 
     References:
@@ -357,10 +360,10 @@ class TransformerBlock(keras.layers.Layer):
         k = heads(self.key_dense(x))
         v = heads(self.value_dense(x))
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
-        scores = ops.cast(scores, "float32") / (self.head_dim ** 0.5)
+        scores = softmax_input(scores) / (self.head_dim ** 0.5)
         if attention_mask is not None:
             keep = ops.cast(attention_mask, "bool")[:, None, None, :]
-            scores = ops.where(keep, scores, ops.cast(-3.4028234663852886e38, "float32"))
+            scores = ops.where(keep, scores, ops.cast(lowest(scores.dtype), scores.dtype))
         probs = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
         probs = self.attention_probs_dropout(probs, training=training)
         ctx = ops.matmul(probs, v)
@@ -384,7 +387,12 @@ class TransformerBlock(keras.layers.Layer):
         inter = self._act(self.intermediate_dense(x1))
         h2 = self.hidden_dropout_layer(self.output_dense(inter), training=training)
         out, out_probs = self._slot("output", h2, x1, self.output_norm, setup, adapter_index, training)
-        return out, mh_probs, out_probs
+        outputs = {"hidden_states": out}
+        if mh_probs is not None:
+            outputs["mh_fusion_attention"] = mh_probs
+        if out_probs is not None:
+            outputs["fusion_attention"] = out_probs
+        return outputs
 
     def get_config(self):
         config = super().get_config()

@@ -1,11 +1,13 @@
 """`TokenBatches`: tokenized examples as a `keras.utils.PyDataset`, on any backend, without TensorFlow.
 
-The same batching as the `tf.data` path of `tasks.pipeline.make_dataset`: padding
-to each batch's longest example or length buckets (by default at the quartiles of
-the lengths, each bucket batched on its own), a shuffle of the examples and of the
-batch order every epoch drawn from `seed` (epoch `e` uses the generator
-`numpy.random.default_rng([seed, e])`, so a run is reproducible), and a fixed
-number of batches per epoch, so `fit` shows a progress bar.
+The same grouping as the `tf.data` path of `tasks.pipeline.make_dataset`: one
+group, or length buckets (by default at the quartiles of the lengths, each bucket
+batched on its own); a shuffle of the examples and of the batch order every epoch
+drawn from `seed` (epoch `e` uses the generator `numpy.random.default_rng([seed, e])`,
+so a run is reproducible); and a fixed number of batches per epoch, so `fit`
+shows a progress bar. Unlike `tf.data`'s per-batch padding, every batch of a
+bucket is padded to the bucket's longest example: a few fixed shapes, so a
+compiled (XLA) step is traced once per bucket rather than once per batch length.
 
 Example:
 
@@ -49,11 +51,14 @@ class TokenBatches(keras.utils.PyDataset):
         self.drop_remainder = drop_remainder
         n = len(self.labels)
         self.choices = encoded["input_ids"][0].ndim == 2
+        lens = lengths(encoded)
         if padding == "buckets" and not self.choices:
-            boundaries, self.bucket_of = bucket_plan(lengths(encoded), bucket_boundaries)
+            boundaries, self.bucket_of = bucket_plan(lens, bucket_boundaries)
             self.num_buckets = len(boundaries) + 1
         else:
             self.bucket_of, self.num_buckets = np.zeros(n, int), 1
+        # Each bucket's longest example: the padded length of its batches.
+        self.pad_to = {int(b): int(lens[self.bucket_of == b].max()) for b in np.unique(self.bucket_of)}
         self.epoch = 0
         self.plan = self._plan(0)
 
@@ -79,7 +84,7 @@ class TokenBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         members = self.plan[index]
-        longest = max(self.encoded["input_ids"][i].shape[-1] for i in members)
+        longest = self.pad_to[int(self.bucket_of[members[0]])]
         x = {}
         for key in INPUT_KEYS:
             first = self.encoded[key][members[0]]

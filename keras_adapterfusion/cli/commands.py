@@ -1,0 +1,326 @@
+"""What each command does, once its arguments passed `cli.checks`.
+
+The heavy libraries (Keras, the backend, `transformers`) are imported here, inside
+the commands, when they run.
+"""
+
+import json
+import os
+import shutil
+
+from keras_adapterfusion.cli.checks import PACKAGE_ERRORS, fail, first_line
+from keras_adapterfusion.errors import CheckpointError, ExportError, ServingError
+
+
+# ----------------------------------------------------------------- training
+def _data(args, task, tokenizer):
+    """Tokenized training data, and the validation and evaluation splits (either may be None)."""
+    from keras_adapterfusion.experiments import prepare
+
+    def split(name, **kwargs):
+        if name is None:
+            return None
+        return prepare(task, tokenizer, name, args.max_length, data_dir=args.data_dir, **kwargs)
+
+    try:
+        train = split("train", sample=args.train_examples, seed=args.seed)
+        validation = split("validation" if task.has_split("validation") else None, limit=args.eval_examples)
+        evaluation = validation if args.eval_split_name == "validation" else split(args.eval_split_name,
+                                                                                     limit=args.eval_examples)
+    except PACKAGE_ERRORS:
+        raise
+    except Exception as e:  # no internet for a TFDS download, a broken cache, ...
+        fail(f"task {task.name!r}: cannot load its data ({type(e).__name__}: {first_line(e)[:300]})")
+    return train, validation, evaluation
+
+
+def _backup_dir(output_dir):
+    """Where an interrupted run keeps its last epoch: a hidden sibling of the run directory."""
+    parent, base = os.path.split(os.path.abspath(output_dir))
+    return os.path.join(parent, f".{base}.kaf-backup")
+
+
+def _callbacks(args, backup, settings):
+    """Early stopping, logs, and the backup that `--resume` continues from."""
+    import keras
+
+    callbacks = []
+    if args.early_stopping_patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.early_stopping_patience,
+                                                       restore_best_weights=True, verbose=1))
+    if args.log_dir is not None:
+        os.makedirs(args.log_dir, exist_ok=True)
+        callbacks.append(keras.callbacks.CSVLogger(os.path.join(args.log_dir, "training.csv"), append=args.resume))
+        import importlib.util
+
+        if all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
+            callbacks.append(keras.callbacks.TensorBoard(args.log_dir))
+        else:  # TensorBoard's event files are written with TensorFlow; the CSV log needs nothing
+            print(f"--log-dir {args.log_dir}: TensorFlow or TensorBoard is not installed; writing training.csv only")
+    if args.resume:
+        settings_path = os.path.join(backup, "settings.json")
+        if os.path.isfile(settings_path):
+            with open(settings_path, encoding="utf-8") as f:
+                before = json.load(f)
+            changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            if changed:
+                fail(f"--resume: the interrupted run used other arguments ({', '.join(changed)}); run again "
+                     "with the same ones, or without --resume to start over")
+            print(f"resuming the interrupted run from {backup}")
+    elif os.path.isdir(backup):
+        shutil.rmtree(backup)  # an earlier interrupted run: starting over
+    os.makedirs(backup, exist_ok=True)
+    from keras_adapterfusion.io import write_json
+
+    write_json(os.path.join(backup, "settings.json"), settings)
+    callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(backup, "state")))
+    return callbacks
+
+
+def _settings(args, task):
+    """What must be the same to resume a run."""
+    keys = ("command", "encoder", "seed", "epochs", "batch_size", "learning_rate", "max_length", "train_examples",
+            "eval_examples", "adapter_name", "fusion_config", "adapter_config")
+    out = {k: getattr(args, k, None) for k in keys}
+    out = {k: (v if isinstance(v, (str, int, float, type(None))) else str(v)) for k, v in out.items()}
+    out["task"] = task.to_config()
+    out["adapters"] = list(getattr(args, "adapters", []) or [])
+    return out
+
+
+def _train_and_save(args, stage, build, save, extra_run=None):
+    from keras_adapterfusion import load_encoder, load_tokenizer
+    from keras_adapterfusion.experiments import dataset, evaluate, fit, seed_everything
+    from keras_adapterfusion.io import write_directory, write_json
+
+    task = args.task_obj
+    try:
+        tokenizer = load_tokenizer(args.encoder_dir)
+    except (CheckpointError, OSError, ValueError) as e:
+        fail(f"--encoder {args.encoder!r}: {first_line(e)}")
+    train, validation, evaluation = _data(args, task, tokenizer)
+    # Seeded after the data (building a dataset the first time can draw from the global random
+    # state) and before the encoder: its Dropout layers take their seeds when they are created.
+    seed_everything(args.seed)
+    try:
+        encoder = load_encoder(args.encoder_dir)
+    except (CheckpointError, OSError, ValueError) as e:
+        fail(f"--encoder {args.encoder!r}: {first_line(e)}")
+    model = build(task, encoder)
+    batches = dataset(train[0], train[1], args.batch_size, shuffle=True, seed=args.seed)
+    backup = _backup_dir(args.output_dir)
+    history = fit(model, stage, batches, args.epochs, args.learning_rate,
+                  validation=(task, *validation) if validation is not None else None,
+                  callbacks=_callbacks(args, backup, _settings(args, task)))
+    metrics = evaluate(model, task, *evaluation) if evaluation is not None else {}
+    with write_directory(args.output_dir, "run") as tmp:
+        save(model, encoder, tmp)
+        if stage == "fusion" and evaluation is not None:
+            _fusion_heatmap(model, evaluation, args.batch_size, tmp)
+        run = {"stage": stage, "task": task.to_config() if task.data is not None else task.name,
+               "label_names": list(task.label_names), "encoder": args.encoder, "seed": args.seed,
+               "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+               "max_length": args.max_length, "train_examples": len(train[1]), **(extra_run or {})}
+        write_json(os.path.join(tmp, "run.json"), run)
+        summary = {"task": task.name, "split": args.eval_split_name, "examples": len(evaluation[1]) if evaluation
+                   else 0, **metrics, "losses": history.get("loss", []), "history": history}
+        if "val_loss" in history:
+            summary["best_epoch"] = int(min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)) + 1
+        write_json(os.path.join(tmp, "metrics.json"), summary)
+    shutil.rmtree(backup, ignore_errors=True)  # the run finished: nothing to resume
+    where = f"{args.eval_split_name} " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) if metrics else \
+        "no validation or test split to evaluate"
+    print(f"{stage} on {task.name}: {where}")
+    print(f"wrote {args.output_dir}")
+    return 0
+
+
+def _fusion_heatmap(model, evaluation, batch_size, directory):
+    """The fusion's mean attention per block and adapter on the evaluation data, as PNG and JSON."""
+    from keras_adapterfusion import analysis
+    from keras_adapterfusion.experiments import dataset
+    from keras_adapterfusion.io import write_json
+
+    mean = analysis.collect_fusion_attentions(model, dataset(*evaluation, max(batch_size, 32)), verbose=0)
+    names = list(model.adapter_setup.adapters)
+    analysis.plot_fusion_heatmap(mean, names, os.path.join(directory, "fusion_heatmap.png"))
+    write_json(os.path.join(directory, "fusion_attention.json"), {"adapters": names, "mean_attention": mean.tolist()})
+
+
+def _head(task):
+    from keras_adapterfusion.heads import make_head
+
+    labels = None if task.kind == "regression" else list(task.label_names)
+    return make_head(task.head_kind, task.num_labels if task.kind != "regression" else None, label_names=labels,
+                     name="head")
+
+
+def cmd_train_adapter(args):
+    from keras_adapterfusion import builders, saving
+
+    name = args.adapter_name
+
+    def build(task, encoder):
+        return builders.build_adapter_model(encoder, name, head=_head(task), adapter_config=args.adapter_config)
+
+    def save(model, encoder, out):
+        saving.save_adapter(encoder, name, os.path.join(out, "adapter"))
+        saving.save_head(model.head, os.path.join(out, "head"), encoder)
+
+    return _train_and_save(args, "adapter", build, save, {"adapter": name})
+
+
+def cmd_fuse(args):
+    from keras_adapterfusion import builders, saving
+
+    names = []
+
+    def build(task, encoder):
+        try:
+            for given, directory in zip(args.adapters, args.adapter_dirs):
+                names.append(saving.load_adapter(encoder, directory))
+        except CheckpointError as e:
+            fail(f"--adapters: {given!r}: {first_line(e)}")
+        return builders.build_fusion_model(encoder, names, head=_head(task), fusion_config=args.fusion_config)
+
+    def save(model, encoder, out):
+        for n in names:
+            saving.save_adapter(encoder, n, os.path.join(out, "adapters", n))
+        saving.save_fusion(encoder, names, os.path.join(out, "fusion"))
+        saving.save_head(model.head, os.path.join(out, "head"), encoder)
+
+    return _train_and_save(args, "fusion", build, save, {"adapters": names})
+
+
+def cmd_finetune(args):
+    from keras_adapterfusion import builders
+
+    def build(task, encoder):
+        return builders.build_full_finetune_model(encoder, head=_head(task))
+
+    def save(model, encoder, out):
+        model.save(os.path.join(out, "model.keras"))
+
+    return _train_and_save(args, "finetune", build, save)
+
+
+def cmd_head_only(args):
+    from keras_adapterfusion import builders, saving
+
+    def build(task, encoder):
+        return builders.build_head_only_model(encoder, head=_head(task))
+
+    def save(model, encoder, out):
+        saving.save_head(model.head, os.path.join(out, "head"), encoder)
+
+    return _train_and_save(args, "head_only", build, save)
+
+
+# --------------------------------------------------------------- evaluation
+def rebuild(run_dir):
+    from keras_adapterfusion.experiments import rebuild_model
+
+    try:
+        return rebuild_model(run_dir)
+    except (CheckpointError, OSError, ValueError) as e:
+        fail(f"--run-dir {run_dir!r}: {first_line(e)}")
+
+
+def cmd_evaluate(args):
+    from keras_adapterfusion import load_tokenizer
+    from keras_adapterfusion.experiments import evaluate, prepare
+    from keras_adapterfusion.io import write_json
+
+    model, run = rebuild(args.run_dir)
+    task = args.task_obj
+    try:
+        tokenizer = load_tokenizer(run["encoder"])
+    except (CheckpointError, OSError, ValueError) as e:
+        fail(f"--run-dir {args.run_dir!r}: run.json's encoder {run['encoder']!r}: {first_line(e)}")
+    try:
+        enc, y = prepare(task, tokenizer, args.split, run.get("max_length", 128), limit=args.eval_examples,
+                         data_dir=args.data_dir)
+    except PACKAGE_ERRORS:
+        raise
+    except Exception as e:
+        fail(f"task {task.name!r}: cannot load its data ({type(e).__name__}: {first_line(e)[:300]})")
+    metrics = evaluate(model, task, enc, y)
+    source = args.test_file or args.validation_file
+    out = {"task": task.name, "split": source or args.split, "examples": int(len(y)), **metrics}
+    if args.output:
+        write_json(args.output, out)
+    else:  # into the run directory, listed in its manifest so that the run can still be replaced
+        from keras_adapterfusion.io.directories import add_to_save
+
+        add_to_save(args.run_dir, args.metrics_name, lambda tmp: write_json(tmp, out))
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_demo(args):
+    from keras_adapterfusion.demo import run_demo
+
+    size = "quick" if args.quick else "full" if args.full else "default"
+    run_demo(args.output_dir, size=size, encoder_path=args.encoder, data_dir=args.data_dir, seeds=args.seeds,
+             target_train=args.target_examples)
+    print(f"wrote {args.output_dir}/results.json, report.md and fusion_heatmap.png")
+    return 0
+
+
+# ------------------------------------------------------ export and predict
+def cmd_export(args):
+    import keras
+
+    from keras_adapterfusion.export import export_saved_model
+
+    if args.run_dir is not None:
+        model, _ = rebuild(args.run_dir)
+    else:
+        try:
+            model = keras.saving.load_model(args.model)
+        except Exception as e:  # a corrupt or foreign file
+            fail(f"--model {args.model!r}: cannot be loaded ({type(e).__name__}: {first_line(e)})")
+    try:
+        path = export_saved_model(model, args.export_dir, model_name=args.model_name, version=args.version,
+                                  tokenizer=args.tokenizer or "auto", label_names=args.labels,
+                                  input_dtype=args.input_dtype, include_fusion_attentions=args.fusion_attentions)
+    except (ExportError, ValueError) as e:
+        fail(first_line(e))
+    with open(os.path.join(path, "assets", "label_map.json"), encoding="utf-8") as f:
+        label_map = json.load(f)
+    print(f"exported {args.model or args.run_dir} to {path}")
+    print(f"tokenizer: {label_map.get('tokenizer') or 'none'}"
+          + (" (the encoder's own)" if not args.tokenizer and label_map.get("tokenizer") else ""))
+    text = sorted(s for s in label_map["signatures"] if s.endswith("_text"))
+    print(f"signatures: {', '.join(sorted(label_map['signatures']))}"
+          + (f" ({', '.join(text)} take{'s' if len(text) == 1 else ''} raw text)" if text else ""))
+    print(f"TF Serving config: {os.path.join(args.export_dir, 'models.config')}")
+    return 0
+
+
+def _format(prediction, text, form):
+    label, probability = prediction["label"], prediction["probability"]
+    if form == "jsonl":
+        return json.dumps({"text": text, **prediction}, ensure_ascii=False)
+    if isinstance(label, list):  # multi-label
+        return "\t".join(["|".join(label) or "-", "|".join(f"{p:.3f}" for p in probability) or "-", text])
+    if probability is None:  # regression
+        return f"{label:.4f}\t-\t{text}"
+    return f"{label}\t{probability:.3f}\t{text}"
+
+
+def cmd_predict(args):
+    from keras_adapterfusion.serving import ServingClient
+
+    try:
+        client = ServingClient.from_export(args.export)
+        if args.server is None:
+            predictions = client.predict_local(args.texts, args.signature)
+        else:
+            predictions = client.predict_rest(args.server, args.model_name, args.texts, args.signature,
+                                              args.version, details=True)
+    except (ServingError, FileNotFoundError, ValueError) as e:
+        fail(first_line(e))
+    for text, prediction in zip(args.texts, predictions):
+        print(_format(prediction, text, args.format))
+    return 0
