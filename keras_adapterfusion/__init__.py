@@ -54,7 +54,7 @@ _LAZY = {
 }
 _SUBMODULES = ("adapterhub", "analysis", "backbones", "builders", "cli", "configs", "demo", "errors", "experiments",
                "export", "heads", "inputs", "io", "layers", "models", "names", "saving", "serving", "tasks",
-               "trainable", "training", "version")
+               "trainable", "training", "tuning", "version")
 # The modules that define Keras-serializable classes (`register_keras_serializable`).
 _KERAS_SERIALIZABLES = ("keras_adapterfusion.layers", "keras_adapterfusion.backbones.transformer_encoder",
                         "keras_adapterfusion.models", "keras_adapterfusion.heads", "keras_adapterfusion.training")

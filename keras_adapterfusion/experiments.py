@@ -239,12 +239,16 @@ def _metrics(task, labels, logits):
 def predict_logits(model, encoded, batch_size=64):
     """`model`'s outputs on tokenized data, as float64.
 
-    Every batch is padded to the longest example of the whole set, so the
-    prediction function is traced once rather than once per batch shape.
+    Every batch is padded to the longest example of the whole set, and the set
+    is topped up to a whole number of batches (with copies of its first
+    example, whose outputs are dropped), so the prediction function is traced
+    and compiled once rather than once per batch shape.
     """
     import keras
 
-    x = {k: _pad([np.asarray(v) for v in encoded[k]]) for k in encoded}
+    n = len(encoded["input_ids"])
+    extra = -n % batch_size if n > batch_size else 0
+    x = {k: _pad([np.asarray(v) for v in encoded[k]] + [np.asarray(encoded[k][0])] * extra) for k in encoded}
     data, size = x, batch_size
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -253,7 +257,7 @@ def predict_logits(model, encoded, batch_size=64):
         # parallel map, which op determinism (`seed_everything`) rewrites, logging a spurious
         # error line ("NodeDef mentions attribute use_unbounded_threadpool"). The same batches.
         data, size = tf.data.Dataset.from_tensor_slices(x).batch(batch_size), None
-    return np.asarray(model.predict(data, batch_size=size, verbose=0), dtype=np.float64)
+    return np.asarray(model.predict(data, batch_size=size, verbose=0), dtype=np.float64)[:n]
 
 
 def _pad(values):

@@ -109,6 +109,52 @@ def build_parser():
                         "(see docs/configs.md)")
     p.set_defaults(func="cmd_fuse", check=checks.check_training)
 
+    p = sub.add_parser("tune", help="search fusion set-ups (keras-tuner) over trained adapters on a target task",
+                       description="Search fusion set-ups over trained adapters with keras-tuner: learning rate, "
+                                   "preset and switches, regularization, dropout, which adapters take part, batch "
+                                   "size, epochs with early stopping (see docs/tuning.md). Writes "
+                                   "best_fusion_config.json (for fuse --fusion-config), trials.csv, trials.md and "
+                                   "trials.png to --output-dir. Run again on the same --output-dir to continue the "
+                                   "search: no trial is lost or repeated, and with --max-trials reached none runs. "
+                                   "With KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set, "
+                                   "runs as keras-tuner's chief or a worker of a distributed search.")
+    _data_options(p)
+    p.add_argument("--adapters", nargs="+", required=True,
+                   help="run directories of train-adapter (or saved adapter directories): the adapters to fuse")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help=f"checkpoint directory or cached hub id (default: {DEFAULT_ENCODER}, offline)")
+    p.add_argument("--output-dir", required=True,
+                   help="the search (search/) and its reports; new, empty, or an earlier tune's to continue it")
+    p.add_argument("--tuner", choices=["bayesian", "hyperband", "random"], default="bayesian",
+                   help="keras-tuner's BayesianOptimization (default), Hyperband or RandomSearch")
+    p.add_argument("--max-trials", type=positive, default=10,
+                   help="the most trials, counting those of earlier runs on --output-dir (default: 10)")
+    p.add_argument("--epochs", type=positive, default=None,
+                   help="the most epochs a trial trains; early stopping may end it sooner (default: the space's, "
+                        "10; Hyperband: its largest trial)")
+    p.add_argument("--space", type=checks.space_type, default=None,
+                   help='a JSON file of search-space fields, e.g. {"learning_rate": [1e-4, 1e-3], "presets": '
+                        '["dynamic"], "batch_size": [16]} (see docs/tuning.md for the fields and defaults)')
+    p.add_argument("--seed", type=checks.integer(0, SEED_MAX), default=0,
+                   help="random seed, 0 to 2**32-1 (default: 0): the trials' values, data order and "
+                        "initializations")
+    p.add_argument("--max-length", type=positive, default=None,
+                   help="tokens per example (default: 128, or the encoder's limit if lower)")
+    p.add_argument("--train-examples", type=positive, default=None,
+                   help="draw this many training examples at random (low-resource searches)")
+    p.add_argument("--eval-examples", type=positive, default=None,
+                   help="measure the objective on the first N validation examples")
+    p.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16", "mixed_float16"], default=None,
+                   help="Keras dtype policy of every trial, e.g. mixed_bfloat16 on a GPU (default: float32)")
+    p.add_argument("--compilation-cache", default=None,
+                   help="JAX's persistent compilation cache, shared by the trials (default: "
+                        "<output-dir>/xla_cache; JAX backend only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: delete an earlier search in --output-dir (never files this package did not "
+                        "write)")
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
+    p.set_defaults(func="cmd_tune", check=checks.check_tune)
+
     p = sub.add_parser("finetune", help="baseline: fine-tune the whole encoder and a head")
     common(p, 3)
     p.set_defaults(func="cmd_finetune", check=checks.check_training)

@@ -9,6 +9,7 @@ package's pure-Python helpers (numpy at most).
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -44,7 +45,7 @@ INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 # The package's own errors: raised while loading, they end as one line too.
 PACKAGE_ERRORS = (CheckpointError, ExportError, InputError, InvalidNameError, SaveError, ServingError)
-COMMANDS = ("train-adapter", "fuse", "finetune", "head-only", "evaluate", "demo", "export", "predict")
+COMMANDS = ("train-adapter", "fuse", "tune", "finetune", "head-only", "evaluate", "demo", "export", "predict")
 TRAINING_COMMANDS = ("train-adapter", "fuse", "finetune", "head-only")
 
 
@@ -139,6 +140,22 @@ def config_type(cls):
             raise argparse.ArgumentTypeError(f"{text}: {first_line(e).rstrip('.')}") from None
 
     return parse
+
+
+def space_type(text):
+    """An argparse type: a JSON file of `FusionSearchSpace` fields (read and checked now)."""
+    from keras_adapterfusion.tuning import FusionSearchSpace  # pure Python at import
+
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a JSON file of search-space fields"
+                                         + (" (no such file)" if not os.path.exists(text) else ""))
+    try:
+        with open(text, encoding="utf-8") as f:
+            return FusionSearchSpace.from_json(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"{text}: cannot be read ({type(e).__name__})") from None
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"{text}: {first_line(e).rstrip('.')}") from None
 
 
 def labels_type(text):
@@ -525,3 +542,82 @@ def check_predict(args):
         fail("no text given; pass --text TEXT or --file FILE (one text per line)"
              + (f"; --file {args.file!r} holds no non-blank line" if args.file is not None else ""))
     args.texts = texts
+
+
+def _tune_settings(args, task, names):
+    """What must stay the same to continue a search (`--max-trials`, the cache and `--data-dir` may change)."""
+    return {"command": "tune", "tuner": args.tuner, "encoder": args.encoder,
+            "task": task.to_config() if task.data is not None else task.name,
+            "adapters": [[n, d] for n, d in zip(names, args.adapters)], "space": args.space.to_dict(),
+            "seed": args.seed, "max_length": args.max_length, "train_examples": args.train_examples,
+            "eval_examples": args.eval_examples, "dtype_policy": args.dtype_policy}
+
+
+def check_tune_dir(args, settings):
+    """`--output-dir` of tune: new or empty, or an earlier tune's (continued with the same arguments, or
+    replaced with --overwrite); never a directory holding files of others."""
+    from keras_adapterfusion import tuning
+
+    path = check_new_directory("--output-dir", args.output_dir)
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    if not entries:
+        return
+    settings_path = os.path.join(path, tuning.SETTINGS_FILE)
+    if not os.path.isfile(settings_path):
+        fail(f"--output-dir {args.output_dir!r}: holds files this package did not write (e.g. {entries[:3]}); "
+             "expected a new or empty directory, or an earlier tune's output")
+    if args.overwrite:
+        return
+    try:
+        before = read_json(settings_path, "description of a search")
+    except CheckpointError as e:
+        fail(f"--output-dir {args.output_dir!r}: {first_line(e)}")
+    changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+    if changed:
+        fail(f"--output-dir {args.output_dir!r}: holds a search with other arguments ({', '.join(changed)}); run "
+             "again with the same ones to continue it, or pass --overwrite to start over, or another --output-dir")
+
+
+def check_tune(args):
+    from keras_adapterfusion import tuning
+    from keras_adapterfusion.tasks.registry import get_task
+
+    if (args.task is None) == (args.train_file is None):
+        fail("pass --task (a registry task) or --train-file (your own data: CSV, TSV, JSON Lines), not "
+             + ("both" if args.task is not None else "neither"))
+    args.task_obj = user_task(args) or get_task(args.task)
+    task = args.task_obj
+    if not task.has_split("validation"):
+        fail(f"task {task.name!r} has no validation split; tune measures its objective there"
+             + (" (pass --validation-file)" if task.data is not None else ""))
+    args.encoder_dir, config = check_encoder(args.encoder)
+    args.max_length = check_max_length("--max-length", args.max_length, config, task.layout, args.encoder)
+    modules = [adapter_module("--adapters", d) for d in args.adapters]
+    names = [name for _, name in modules]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            fail(f"--adapters: {args.adapters[names.index(name)]!r} and {args.adapters[i]!r} both hold an "
+                 f"adapter named {name!r}; expected distinct adapters")
+    args.adapter_dirs = [d for d, _ in modules]
+    flag = "--space" if args.space is not None else "--adapters"
+    space = args.space or tuning.FusionSearchSpace()
+    if args.epochs is not None:
+        space = dataclasses.replace(space, epochs=(args.epochs,))
+    args.space = space
+    if space.adapter_subsets is None and len(names) < space.min_adapters:
+        fail(f"--adapters {' '.join(args.adapters)}: a fusion search needs at least {space.min_adapters} adapters "
+             f"(the space's min_adapters); got {len(names)}")
+    try:
+        space.subsets(names)
+    except ValueError as e:
+        fail(f"{flag}: {first_line(e).rstrip('.')} (--adapters gives {len(names)}: {', '.join(names)})")
+    if args.data_dir is not None:
+        check_new_directory("--data-dir", args.data_dir)
+    if args.compilation_cache is not None:
+        check_new_directory("--compilation-cache", args.compilation_cache)
+    try:
+        args.role = tuning.role()
+    except ValueError as e:
+        fail(first_line(e))
+    args.tune_settings = _tune_settings(args, task, names)
+    check_tune_dir(args, args.tune_settings)

@@ -192,6 +192,83 @@ def cmd_fuse(args):
     return _train_and_save(args, "fusion", build, save, {"adapters": names})
 
 
+def cmd_tune(args):
+    from keras_adapterfusion import load_encoder, load_tokenizer, saving, tuning
+    from keras_adapterfusion.experiments import prepare, seed_everything
+    from keras_adapterfusion.io import write_json
+
+    task, out = args.task_obj, os.path.abspath(args.output_dir)
+    try:
+        tokenizer = load_tokenizer(args.encoder_dir)
+    except (CheckpointError, OSError, ValueError) as e:
+        fail(f"--encoder {args.encoder!r}: {first_line(e)}")
+    try:
+        train = prepare(task, tokenizer, "train", args.max_length, sample=args.train_examples, seed=args.seed,
+                        data_dir=args.data_dir)
+        validation = prepare(task, tokenizer, "validation", args.max_length, limit=args.eval_examples,
+                             data_dir=args.data_dir)
+    except PACKAGE_ERRORS:
+        raise
+    except Exception as e:  # no internet for a TFDS download, a broken cache, ...
+        fail(f"task {task.name!r}: cannot load its data ({type(e).__name__}: {first_line(e)[:300]})")
+    seed_everything(args.seed)
+    try:
+        encoder = load_encoder(args.encoder_dir)
+    except (CheckpointError, OSError, ValueError) as e:
+        fail(f"--encoder {args.encoder!r}: {first_line(e)}")
+    names = []
+    try:
+        for given, directory in zip(args.adapters, args.adapter_dirs):
+            names.append(saving.load_adapter(encoder, directory))
+    except CheckpointError as e:
+        fail(f"--adapters: {given!r}: {first_line(e)}")
+    try:
+        hypermodel = tuning.FusionHyperModel(encoder, names, space=args.space, task=task, seed=args.seed,
+                                             dtype_policy=args.dtype_policy)
+    except ValueError as e:
+        fail(f"--adapters: {first_line(e)}")
+    if args.overwrite:  # only what an earlier tune wrote here
+        for name in (tuning.SETTINGS_FILE, *tuning.REPORT_FILES):
+            if os.path.isfile(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+        for name in (tuning.SEARCH_DIR, tuning.CACHE_DIR):
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    write_json(os.path.join(out, tuning.SETTINGS_FILE), args.tune_settings)
+    before = _trials_in(os.path.join(out, tuning.SEARCH_DIR))
+    where = {"chief": " as the chief of a distributed search", "worker": " as a worker of a distributed search"}
+    print(f"tune on {task.name}{where.get(args.role, '')}: {args.tuner} search over {', '.join(names)}, "
+          f"up to {args.max_trials} trials ({before} in {out} already); objective {hypermodel.objective.name}")
+    tuner = tuning.search(hypermodel, train, validation, tuner=args.tuner, max_trials=args.max_trials,
+                          directory=out, project_name=tuning.SEARCH_DIR,
+                          compilation_cache_dir=args.compilation_cache or "auto", verbose=1)
+    if args.role == "worker":
+        print("worker done; the chief records the trials and writes the reports")
+        return 0
+    rows = tuning.trial_rows(tuner)
+    tuning.write_reports(tuner, out, adapter_dirs=dict(zip(names, args.adapters)),
+                         title=f"Fusion search on {task.name}")
+    ran = len(tuner.trials_run) if args.role is None else len(rows) - before
+    best = tuning.best_trial(tuner)
+    print(f"ran {ran} new trial{'s' if ran != 1 else ''} ({len(rows)} in all"
+          + ("; --max-trials reached" if len(rows) >= args.max_trials else "") + ")")
+    if best is not None:
+        values = best.hyperparameters.values
+        print(f"best: trial {best.trial_id}, {hypermodel.objective.name} {best.score:.4f}: adapters "
+              f"{values['adapters']}, preset {values['preset']}, learning rate {values['learning_rate']:.3g}, "
+              f"batch size {values['batch_size']}")
+    print(f"wrote {', '.join(n for n in tuning.REPORT_FILES if os.path.isfile(os.path.join(out, n)))} to "
+          f"{args.output_dir}")
+    return 0
+
+
+def _trials_in(project):
+    """How many trials a keras-tuner project directory holds."""
+    if not os.path.isdir(project):
+        return 0
+    return sum(os.path.isfile(os.path.join(project, d, "trial.json")) for d in os.listdir(project)
+               if d.startswith("trial_"))
+
+
 def cmd_finetune(args):
     from keras_adapterfusion import builders
 
