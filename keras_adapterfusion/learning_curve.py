@@ -1,0 +1,360 @@
+"""Does fusion pay off? A learning curve over target sizes, the paper's six set-ups, several seeds.
+
+AdapterFusion's claim (Pfeiffer et al., 2020, Table 1) is that fusing source adapters helps most where the
+target task has little data, and that it beats multi-task learning. This module measures that claim on the
+offline tasks and encoder (`keras_adapterfusion.demo`'s sources and target), for each target size and seed:
+
+- `head_only`: a head on the frozen encoder;
+- `full_finetune`: every encoder weight and a head;
+- `st_a`: a target adapter and its head;
+- `mt_a`: one adapter and head per task (the sources and the target) trained together (multi-task, each
+  batch mixing tasks; the sources seen as often as in their own stage 1, the target's examples repeated so
+  that it is seen as often as in the other set-ups), evaluated through the target's adapter and head;
+- `fusion_st_a`: fusion over the source adapters (trained once, alone) and the target's ST-A adapter;
+- `fusion_mt_a`: fusion over the MT-A adapters;
+- `fusion_tuned` (when a fusion config is given, e.g. `tune`'s `best_fusion_config.json`): `fusion_st_a`
+  with that config.
+
+Every finished run is appended to `runs.jsonl` in the output directory at once, so an interrupted curve
+continues where it stopped when run again with the same arguments; `results.json`, `learning_curve.md` and
+`learning_curve.png` (mean ± standard deviation over seeds per set-up and size) are rewritten at the end.
+
+Run it with `python -m keras_adapterfusion.learning_curve --output-dir DIR` (see `--help`).
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+SETUPS = ("head_only", "full_finetune", "st_a", "mt_a", "fusion_st_a", "fusion_mt_a", "fusion_tuned")
+LABELS = {"head_only": "Head", "full_finetune": "Full", "st_a": "ST-A", "mt_a": "MT-A",
+          "fusion_st_a": "Fusion w/ ST-A", "fusion_mt_a": "Fusion w/ MT-A", "fusion_tuned": "Fusion (tuned)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveConfig:
+    """What the curve trains.
+
+    Args:
+        sizes: target training-set sizes.
+        seeds: how many seeds (0, 1, ...) per size; each draws its own training sample.
+        sources: the source tasks (one adapter each, trained once on `source_train` balanced examples).
+        target: the target task (evaluated on its whole test split).
+        min_steps: each run trains for `max(min_epochs, ceil(min_steps / batches per epoch))` epochs, so
+            the smallest sets still take enough optimizer steps.
+        learning_rates: per set-up (the demo's, tuned for a few hundred examples).
+    """
+
+    sizes: tuple = (50, 100, 300, 1000)
+    seeds: int = 3
+    sources: tuple = ("vader_movie", "subjectivity", "bbc_topic")
+    target: str = "vader_tweets"
+    source_train: int = 640
+    source_epochs: int = 2
+    min_epochs: int = 3
+    min_steps: int = 60
+    max_length: int = 40
+    batch_size: int = 16
+    learning_rates: dict = dataclasses.field(default_factory=lambda: {
+        "head_only": 2e-3, "full_finetune": 5e-5, "st_a": 1e-3, "mt_a": 1e-3, "fusion_st_a": 5e-4,
+        "fusion_mt_a": 5e-4, "fusion_tuned": None})
+
+    def epochs(self, size):
+        batches = math.ceil(size / self.batch_size)
+        return max(self.min_epochs, math.ceil(self.min_steps / batches))
+
+
+def _log(message):
+    print(f"[curve {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _read_runs(path):
+    runs = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        runs.append(json.loads(line))
+                    except json.JSONDecodeError:  # a line cut by a kill: that run is redone
+                        pass
+    return runs
+
+
+def _padded(encoded, max_length):
+    """Fixed-width int arrays from tokenized lists (for the multi-task mix)."""
+    out = {}
+    for key, rows in encoded.items():
+        arr = np.zeros((len(rows), max_length), dtype="int32")
+        for i, r in enumerate(rows):
+            arr[i, :len(r)] = r
+        out[key] = arr
+    return out
+
+
+def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_path=None, tuned_fusion=None,
+                       data_dir=None):
+    """Train and evaluate every (set-up, size, seed); returns the summary dict.
+
+    Args:
+        output_dir: where `runs.jsonl`, `sources/` (the source adapters), `results.json`,
+            `learning_curve.md` and `learning_curve.png` go. Runs already in `runs.jsonl` are skipped.
+        config: a `CurveConfig`.
+        setups: which set-ups to run (names from `SETUPS`).
+        encoder_path: checkpoint directory; default the offline MiniLM.
+        tuned_fusion: a fusion config (dict, preset name, or path of a JSON file such as `tune`'s
+            `best_fusion_config.json`); needed for `fusion_tuned`.
+        data_dir: TFDS data directory for the offline tasks.
+
+    Returns:
+        dict set-up -> size -> {"mean", "std", "values"} of the target's main metric.
+    """
+    import keras
+
+    from keras_adapterfusion import builders, load_encoder, load_tokenizer, saving, training
+    from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
+    from keras_adapterfusion.experiments import dataset as make_ds
+    from keras_adapterfusion.experiments import evaluate, fit, prepare, seed_everything
+    from keras_adapterfusion.tasks import get_task
+
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown:
+        raise ValueError(f"setups: unknown {unknown}; expected names from {list(SETUPS)}")
+    if "fusion_tuned" in setups and tuned_fusion is None:
+        raise ValueError("setups: 'fusion_tuned' needs tuned_fusion (a fusion config or its JSON file)")
+    if isinstance(tuned_fusion, str) and os.path.isfile(tuned_fusion):
+        with open(tuned_fusion) as f:
+            tuned_fusion = json.load(f)
+    encoder_path = encoder_path or DEFAULT_ENCODER
+    os.makedirs(output_dir, exist_ok=True)
+    runs_path = os.path.join(output_dir, "runs.jsonl")
+    done = {(r["setup"], r["size"], r["seed"]) for r in _read_runs(runs_path)}
+    tokenizer = load_tokenizer(encoder_path)
+    cfg = config
+
+    def load_enc():
+        return load_encoder(encoder_path, hidden_dropout=0.1, attention_dropout=0.1)
+
+    target = get_task(cfg.target)
+    test_enc, test_y = prepare(target, tokenizer, "test", cfg.max_length, data_dir=data_dir)
+    metric = target.metrics[0]
+    source_data = {}
+    for name in cfg.sources:
+        source_data[name] = prepare(get_task(name), tokenizer, "train", cfg.max_length, sample=cfg.source_train,
+                                    seed=0, data_dir=data_dir, balanced=True)
+
+    # ---- stage 1 for the sources, once (kept in output_dir/sources/ for the later runs)
+    source_dir = os.path.join(output_dir, "sources")
+    if not all(os.path.exists(os.path.join(source_dir, n, "module.json")) for n in cfg.sources):
+        seed_everything(0)
+        enc = load_enc()
+        for name in cfg.sources:
+            _log(f"source adapter {name}: {len(source_data[name][1])} examples, {cfg.source_epochs} epochs")
+            model = builders.build_adapter_model(enc, name, num_labels=get_task(name).num_labels)
+            fit(model, "adapter", make_ds(*source_data[name], cfg.batch_size, shuffle=True, seed=0),
+                cfg.source_epochs, cfg.learning_rates["st_a"], verbose=0)
+            saving.save_adapter(enc, name, os.path.join(source_dir, name))
+
+    def record(setup, size, seed, model, stage, train, epochs, lr, started):
+        if stage is not None:
+            fit(model, stage, train, epochs, lr, verbose=0)
+        metrics = evaluate(model, target, test_enc, test_y)
+        row = {"setup": setup, "size": size, "seed": seed, "epochs": epochs, "test": metrics,
+               "seconds": round(time.time() - started, 1)}
+        with open(runs_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        _log(f"size {size} seed {seed} {setup}: {metric} {metrics[metric]:.4f} ({row['seconds']} s)")
+
+    for size in cfg.sizes:
+        epochs = cfg.epochs(size)
+        for seed in range(cfg.seeds):
+            todo = [s for s in setups if (s, size, seed) not in done]
+            if not todo:
+                continue
+            keras.backend.clear_session()
+            train_enc, train_y = prepare(target, tokenizer, "train", cfg.max_length, sample=size, seed=seed,
+                                         data_dir=data_dir)
+            seed_everything(seed)
+            train = make_ds(train_enc, train_y, cfg.batch_size, shuffle=True, seed=seed)
+            n = target.num_labels
+            shared = load_enc()
+            for name in cfg.sources:
+                saving.load_adapter(shared, os.path.join(source_dir, name))
+            lr = cfg.learning_rates
+            if "head_only" in todo:
+                t0 = time.time()
+                record("head_only", size, seed, builders.build_head_only_model(shared, num_labels=n), "head_only",
+                       train, epochs, lr["head_only"], t0)
+            if "full_finetune" in todo:
+                t0 = time.time()
+                record("full_finetune", size, seed, builders.build_full_finetune_model(load_enc(), num_labels=n),
+                       "finetune", train, epochs, lr["full_finetune"], t0)
+            st_a_needed = {"st_a", "fusion_st_a", "fusion_tuned"} & set(todo)
+            if st_a_needed:
+                t0 = time.time()
+                model = builders.build_adapter_model(shared, "target", num_labels=n)
+                if "st_a" in todo:
+                    record("st_a", size, seed, model, "adapter", train, epochs, lr["st_a"], t0)
+                else:
+                    fit(model, "adapter", train, epochs, lr["st_a"], verbose=0)
+            for setup, fusion_config in (("fusion_st_a", "dynamic"), ("fusion_tuned", tuned_fusion)):
+                if setup in todo:
+                    t0 = time.time()
+                    model = builders.build_fusion_model(shared, [*cfg.sources, "target"], num_labels=n,
+                                                        fusion_config=fusion_config, fusion_name=setup)
+                    record(setup, size, seed, model, "fusion", train, epochs, lr[setup], t0)
+            if {"mt_a", "fusion_mt_a"} & set(todo):
+                t0 = time.time()
+                tasks = [*cfg.sources, cfg.target]
+                names = [f"mt_{t}" for t in tasks]
+                mt_enc = load_enc()
+                mt = builders.build_multitask_model(mt_enc, {m: get_task(t).num_labels for m, t in zip(names, tasks)})
+                # The sources are seen `source_epochs` times, as when trained alone; the target's examples
+                # are repeated in the mix so that it, too, is seen `epochs` times, like in the other set-ups.
+                repeats = math.ceil(epochs / cfg.source_epochs)
+                target_part = ({k: list(v) * repeats for k, v in train_enc.items()}, np.tile(train_y, repeats))
+                parts = [source_data[t] for t in cfg.sources] + [target_part]
+                xs = [_padded(e, cfg.max_length) for e, _ in parts]
+                x = {k: np.concatenate([p[k] for p in xs]) for k in xs[0]}
+                x["task_id"] = np.concatenate([np.full(len(y), i, "int32") for i, (_, y) in enumerate(parts)])
+                y = np.concatenate([np.asarray(y) for _, y in parts])
+                steps = math.ceil(len(y) / cfg.batch_size) * cfg.source_epochs
+                training.compile_for_stage(mt, "adapter", total_steps=steps, learning_rate=lr["mt_a"])
+                mt.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.source_epochs, shuffle=True, verbose=0)
+                mt_seconds = time.time() - t0
+                if "mt_a" in todo:
+                    st = builders.build_adapter_model(mt_enc, names[-1], head=mt.heads[names[-1]])
+                    record("mt_a", size, seed, st, None, None, epochs, None, t0)
+                if "fusion_mt_a" in todo:
+                    t0 = time.time() - mt_seconds  # the fusion's time includes its MT-A adapters'
+                    model = builders.build_fusion_model(mt_enc, names, num_labels=n, fusion_name="fusion_mt_a")
+                    record("fusion_mt_a", size, seed, model, "fusion", train, epochs, lr["fusion_mt_a"], t0)
+
+    return write_summary(output_dir, cfg, metric)
+
+
+def summarize(runs, metric):
+    """dict set-up -> size -> {"mean", "std", "values", "seconds"} from `runs.jsonl` rows."""
+    summary = {}
+    for r in runs:
+        summary.setdefault(r["setup"], {}).setdefault(r["size"], []).append(r)
+    out = {}
+    for setup in SETUPS:
+        if setup not in summary:
+            continue
+        out[setup] = {}
+        for size in sorted(summary[setup]):
+            rows = sorted(summary[setup][size], key=lambda r: r["seed"])
+            values = np.array([r["test"][metric] for r in rows])
+            out[setup][size] = {"mean": float(values.mean()),
+                                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                                "values": values.tolist(), "seeds": [r["seed"] for r in rows],
+                                "seconds": float(np.mean([r["seconds"] for r in rows]))}
+    return out
+
+
+def write_summary(output_dir, cfg, metric):
+    """Rewrite `results.json`, `learning_curve.md` and `learning_curve.png` from `runs.jsonl`."""
+    from keras_adapterfusion.io import write_json
+
+    summary = summarize(_read_runs(os.path.join(output_dir, "runs.jsonl")), metric)
+    write_json(os.path.join(output_dir, "results.json"),
+               {"config": dataclasses.asdict(cfg), "metric": metric,
+                "summary": {s: {str(k): v for k, v in d.items()} for s, d in summary.items()}})
+    with open(os.path.join(output_dir, "learning_curve.md"), "w") as f:
+        f.write(markdown_table(summary, metric, cfg))
+    plot(summary, metric, os.path.join(output_dir, "learning_curve.png"), cfg)
+    return summary
+
+
+def markdown_table(summary, metric, cfg):
+    """Mean ± std (in %) per set-up (rows) and size (columns), best mean per size in bold."""
+    sizes = sorted({s for d in summary.values() for s in d})
+    best = {size: max((d[size]["mean"] for d in summary.values() if size in d), default=None) for size in sizes}
+    lines = [f"| set-up | " + " | ".join(f"{s} examples" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for setup, d in summary.items():
+        cells = []
+        for size in sizes:
+            if size not in d:
+                cells.append("–")
+                continue
+            c = f"{100 * d[size]['mean']:.1f} ± {100 * d[size]['std']:.1f}"
+            cells.append(f"**{c}**" if d[size]["mean"] == best[size] else c)
+        lines.append(f"| {LABELS[setup]} | " + " | ".join(cells) + " |")
+    seeds = sorted({len(v["values"]) for d in summary.values() for v in d.values()})
+    return (f"Target `{cfg.target}`, test {metric} in % (mean ± std over {'/'.join(map(str, seeds))} seeds).\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def plot(summary, metric, path, cfg):
+    """The curve: one line per set-up with a band of ± one standard deviation, sizes on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setup, d in summary.items():
+        sizes = sorted(d)
+        mean = np.array([d[s]["mean"] for s in sizes]) * 100
+        std = np.array([d[s]["std"] for s in sizes]) * 100
+        style = "-" if setup.startswith("fusion") else "--"
+        line, = ax.plot(sizes, mean, style, marker="o", label=LABELS[setup])
+        ax.fill_between(sizes, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_xticks(list(cfg.sizes))
+    ax.set_xticklabels([str(s) for s in cfg.sizes])
+    ax.set_xlabel(f"{cfg.target} training examples")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title("Learning curve: mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    """`python -m keras_adapterfusion.learning_curve`: see `--help`."""
+    parser = argparse.ArgumentParser(prog="python -m keras_adapterfusion.learning_curve",
+                                     description="Learning curve of the paper's set-ups on the offline tasks.")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--sizes", default="50,100,300,1000", help="comma-separated target sizes")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--setups", default=",".join(SETUPS[:-1]),
+                        help=f"comma-separated, from {','.join(SETUPS)} (default: all but fusion_tuned)")
+    parser.add_argument("--tuned-fusion", help="fusion config JSON (tune's best_fusion_config.json)")
+    parser.add_argument("--encoder", help="checkpoint directory (default: the offline MiniLM)")
+    parser.add_argument("--max-length", type=int, default=40)
+    args = parser.parse_args(argv)
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+    except ValueError:
+        parser.error(f"--sizes: {args.sizes!r}; expected comma-separated integers")
+    if any(s < 1 for s in sizes) or args.seeds < 1 or args.max_length < 2:
+        parser.error("--sizes, --seeds and --max-length must be positive")
+    setups = tuple(s for s in args.setups.split(",") if s)
+    bad = [s for s in setups if s not in SETUPS]
+    if bad:
+        parser.error(f"--setups: unknown {bad}; expected names from {','.join(SETUPS)}")
+    config = CurveConfig(sizes=sizes, seeds=args.seeds, max_length=args.max_length)
+    summary = run_learning_curve(args.output_dir, config, setups, args.encoder, args.tuned_fusion)
+    print(markdown_table(summary, get_metric(config), config))
+    return 0
+
+
+def get_metric(config):
+    from keras_adapterfusion.tasks import get_task
+
+    return get_task(config.target).metrics[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
