@@ -1,0 +1,51 @@
+"""The learning curve's bookkeeping: resumable run log, summary, table and plot (no training here)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from keras_adapterfusion import learning_curve as lc
+
+pytestmark = pytest.mark.backend_independent
+
+
+def _row(setup, size, seed, acc):
+    return {"setup": setup, "size": size, "seed": seed, "epochs": 3, "test": {"accuracy": acc}, "seconds": 2.0}
+
+
+def test_epochs_give_the_smallest_sets_enough_steps():
+    cfg = lc.CurveConfig(batch_size=16, min_epochs=3, min_steps=60)
+    assert cfg.epochs(50) == 15      # 4 batches per epoch -> 15 epochs = 60 steps
+    assert cfg.epochs(1000) == 3     # 63 batches: the minimum number of epochs
+    assert cfg.epochs(300) == 4      # 19 batches -> ceil(60 / 19)
+
+
+def test_summary_table_and_plot_from_the_run_log(tmp_path):
+    rows = [_row("st_a", 50, 0, 0.70), _row("st_a", 50, 1, 0.74), _row("fusion_st_a", 50, 0, 0.80),
+            _row("fusion_st_a", 50, 1, 0.78), _row("st_a", 100, 0, 0.81)]
+    with open(tmp_path / "runs.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.write('{"setup": "st_a", "size": 100, "se')  # a line cut by a kill is ignored (that run is redone)
+    runs = lc._read_runs(str(tmp_path / "runs.jsonl"))
+    assert len(runs) == 5
+    cfg = lc.CurveConfig(sizes=(50, 100), seeds=2)
+    summary = lc.write_summary(str(tmp_path), cfg, "accuracy")
+    assert summary["st_a"][50]["mean"] == pytest.approx(0.72)
+    assert summary["st_a"][50]["std"] == pytest.approx(np.std([0.70, 0.74], ddof=1))
+    assert summary["st_a"][100]["std"] == 0.0 and summary["st_a"][100]["values"] == [0.81]
+    assert list(summary) == ["st_a", "fusion_st_a"]  # the order of SETUPS
+    table = (tmp_path / "learning_curve.md").read_text()
+    assert "| Fusion w/ ST-A | **79.0 ± 1.4** | – |" in table
+    assert "| ST-A | 72.0 ± 2.8 | **81.0 ± 0.0** |" in table
+    assert (tmp_path / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]["st_a"]["50"]["values"] == [0.70, 0.74]
+
+
+def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        lc.main(["--output-dir", str(tmp_path), "--setups", "fusion,st_a"])
+    assert "--setups: unknown ['fusion']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="'fusion_tuned' needs tuned_fusion"):
+        lc.run_learning_curve(str(tmp_path), setups=("fusion_tuned",))
+    assert not (tmp_path / "runs.jsonl").exists()
