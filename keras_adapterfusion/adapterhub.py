@@ -145,6 +145,7 @@ def fusion_config_from_adapterhub(data, source="fusion config"):
 
 
 def fusion_config_to_adapterhub(config):
+    """The `config` dict AdapterHub writes for a `FusionConfig` (its fields but `regularization_weight`)."""
     out = config.to_dict()
     out.pop("regularization_weight")
     return out

@@ -50,6 +50,7 @@ def resolve_encoder(encoder, **load_kwargs):
 
 
 def resolve_head(head, num_labels):
+    """`head` itself, or a `ClassificationHead(num_labels)` when `head` is None (pass one of the two)."""
     if head is None:
         if num_labels is None:
             raise ValueError("builder: pass head=<a head layer> or num_labels=<int>; got neither.")

@@ -250,6 +250,7 @@ class AdapterConfig(_ConfigBase):
         return max(1, int(hidden_size // self.reduction_for_block(index)))
 
     def in_block(self, index: int) -> bool:
+        """Whether block `index` gets this adapter (it is not in `leave_out`)."""
         return index not in self.leave_out
 
     def slots(self) -> List[str]:

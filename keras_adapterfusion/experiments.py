@@ -34,6 +34,7 @@ def progress_verbosity():
 
 
 def default_cache_dir():
+    """Where tokenized data is cached: `tokenized/` in `$KERAS_ADAPTERFUSION_CACHE` (`~/.cache/keras_adapterfusion`)."""
     return os.path.join(os.environ.get("KERAS_ADAPTERFUSION_CACHE", os.path.expanduser("~/.cache/keras_adapterfusion")),
                         "tokenized")
 

@@ -68,6 +68,13 @@ class InputLimits:
 
     @classmethod
     def of(cls, encoder, choices=False, num_tasks=0):
+        """The limits `encoder` sets (vocabulary, token types, positions).
+
+        Args:
+            encoder: a `TransformerEncoder`.
+            choices: inputs are `[batch, choices, tokens]` (a multiple-choice head).
+            num_tasks: tasks of an MT-A model (checks `task_id`); 0 for none.
+        """
         roberta = encoder.position_style == "roberta"
         max_tokens = encoder.max_positions - (encoder.pad_token_id + 1 if roberta else 0)
         return cls(encoder.vocab_size, encoder.type_vocab_size, max_tokens, encoder.position_style,

@@ -66,6 +66,7 @@ class CurveConfig:
         "fusion_mt_a": 5e-4, "fusion_tuned": None})
 
     def epochs(self, size):
+        """Epochs for a training set of `size` examples: at least `min_epochs` and `min_steps` steps."""
         batches = math.ceil(size / self.batch_size)
         return max(self.min_epochs, math.ceil(self.min_steps / batches))
 
@@ -351,6 +352,7 @@ def main(argv=None):
 
 
 def get_metric(config):
+    """The name of the target task's main metric (its first)."""
     from keras_adapterfusion.tasks import get_task
 
     return get_task(config.target).metrics[0]

@@ -223,6 +223,7 @@ class AdapterModel(_SharedEncoderModel):
         self.apply_trainable_spec()
 
     def head_layers(self):
+        """The model's head layers: `[head]`, or `[]` without a head."""
         return [] if self.head is None else [self.head]
 
     def call(self, inputs, training=None):
@@ -315,6 +316,7 @@ class MultiTaskModel(_SharedEncoderModel):
         self.apply_trainable_spec()
 
     def head_layers(self):
+        """The task heads, in the order of `heads`."""
         return list(self.heads.values())
 
     def call(self, inputs, training=None):

@@ -20,8 +20,11 @@ class TransformerEncoder(keras.layers.Layer):
     per call with `adapter_setup`.
 
     Args:
-        vocab_size, hidden_size, num_layers, num_heads, intermediate_size:
-            the architecture.
+        vocab_size: rows of the token embedding table.
+        hidden_size: width of the hidden states.
+        num_layers: transformer blocks.
+        num_heads: attention heads per block.
+        intermediate_size: width of the feed-forward layer.
         hidden_act: feed-forward activation (Hugging Face name).
         hidden_dropout: dropout of embeddings and block outputs.
         attention_dropout: dropout of attention probabilities.

@@ -52,6 +52,7 @@ class WeightRow:
     transform: Optional[str] = None
 
     def variable(self):
+        """The Keras variable this row loads into (`target`, or what calling it returns)."""
         return self.target() if callable(self.target) and not hasattr(self.target, "assign") else self.target
 
 
@@ -81,6 +82,7 @@ class StagedWeights:
         self.staged = staged
 
     def assign(self):
+        """Assign every staged value to its variable (all were checked when they were staged)."""
         for row, value in self.staged:
             variable = row.variable()
             if tuple(variable.shape) != tuple(value.shape):  # the table and the model disagree: a bug, not a file error

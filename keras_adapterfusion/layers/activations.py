@@ -55,5 +55,6 @@ def get_activation(name):
 
 
 def supported_activations():
+    """The activation names `get_activation` accepts, sorted."""
     return sorted(_ACTIVATIONS)
 

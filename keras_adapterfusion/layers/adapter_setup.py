@@ -89,16 +89,19 @@ class AdapterSetup:
     # ---------------------------------------------------------- constructors
     @classmethod
     def single(cls, name):
+        """One adapter, `name`."""
         return cls((name,), "single")
 
     @classmethod
     def fuse(cls, adapter_names, name=None):
+        """AdapterFusion over `adapter_names` (a list, or AdapterHub's `"a,b"`); `name` names the fusion."""
         if isinstance(adapter_names, str):
             adapter_names = adapter_names.split(",")
         return cls(tuple(adapter_names), "fuse", name)
 
     @classmethod
     def per_row(cls, adapter_names):
+        """MT-A: each example runs the adapter of `adapter_names` its `adapter_index` selects."""
         return cls(tuple(adapter_names), "per_row")
 
     @classmethod

@@ -91,6 +91,7 @@ class TextEmbeddings(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def position_ids(self, input_ids):
+        """Position ids `[batch, tokens]`: 0, 1, ... (BERT); from `pad_token_id + 1`, skipping padding (RoBERTa)."""
         if self.position_style == "roberta":
             mask = ops.cast(ops.not_equal(input_ids, self.pad_token_id), "int32")
             return ops.cumsum(mask, axis=1) * mask + self.pad_token_id

@@ -56,6 +56,7 @@ class TokenClassificationHead(ClassificationHead):
         return "token_classification"
 
     def select(self, hidden_states, pooled_output=None):
+        """What the head scores: every token's hidden state."""
         return hidden_states
 
     def compute_output_shape(self, hidden_states_shape, pooled_output_shape=None):

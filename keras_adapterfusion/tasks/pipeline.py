@@ -106,6 +106,7 @@ def _unflatten(data):
 
 
 def lengths(encoded):
+    """The token count of every example in `tokenize`'s output."""
     return np.asarray([v.shape[-1] for v in encoded["input_ids"]])
 
 

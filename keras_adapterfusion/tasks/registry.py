@@ -106,6 +106,7 @@ class Task:
         return 1 if self.kind == "regression" else len(self.label_names)
 
     def split_name(self, split):
+        """The source's name for `split` (`"train"`, `"validation"`, `"test"`), e.g. GLUE's test is its validation."""
         if self.data is not None:
             if split not in self.data:
                 raise ValueError(f"Task {self.name}: has no {split!r} split; it has {sorted(self.data)}"
@@ -117,6 +118,7 @@ class Task:
         return mapping[split]
 
     def has_split(self, split):
+        """Whether the task has `split` (a task from your files has the splits you gave)."""
         return split in (self.data if self.data is not None else dict(self.splits))
 
     def to_config(self):

@@ -236,7 +236,8 @@ def from_files(train_file, validation_file=None, test_file=None, text_column="te
 
     Args:
         train_file: the training examples.
-        validation_file, test_file: optional further splits.
+        validation_file: optional validation examples.
+        test_file: optional test examples.
         text_column: the column holding the text.
         text_pair_column: a second text column, for sentence pairs.
         label_column: the column holding the label.
@@ -302,8 +303,12 @@ def from_lists(texts, labels, text_pairs=None, validation=None, test=None, task_
         labels: one label per text (a string, an integer, a list of labels for
             multi-label, or a number for regression).
         text_pairs: second texts, for sentence pairs.
-        validation, test: optional `(texts, labels)` or `(texts, text_pairs, labels)`.
-        task_kind, label_names, name, metrics: as for `from_files`.
+        validation: optional `(texts, labels)` or `(texts, text_pairs, labels)`.
+        test: the same for the test split.
+        task_kind: as for `from_files`.
+        label_names: as for `from_files`.
+        name: the task's name.
+        metrics: as for `from_files`.
     """
     def rows(split, values):
         if len(values) == 2:
