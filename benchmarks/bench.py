@@ -17,7 +17,10 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = {
     "bert-base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
@@ -44,7 +47,8 @@ def build(model_name, scenario, n_adapters, reference_form):
     return builders.build_fusion_model(encoder, names, num_labels=2)
 
 
-def run(model_name, scenario, batch, seq, steps, n_adapters, reference_form, bf16):
+def prepare(model_name, scenario, batch, seq, n_adapters=8, reference_form=False, bf16=False, jit_compile=None):
+    """Build a scenario's model and inputs; returns `(step, info)`, `step()` running one timed step."""
     import keras
     import numpy as np
 
@@ -59,10 +63,23 @@ def run(model_name, scenario, batch, seq, steps, n_adapters, reference_form, bf1
     train = scenario.startswith("train")
     if train:
         model.compile(optimizer=keras.optimizers.AdamW(1e-4),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile="auto" if jit_compile is None else jit_compile)
         step = lambda: model.train_on_batch(x, y)  # noqa: E731
     else:
+        if jit_compile is not None:
+            model.jit_compile = jit_compile
         step = lambda: keras.ops.convert_to_numpy(model.predict_on_batch(x))  # noqa: E731
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights) if train else None
+    info = {"impl": f"keras_adapterfusion-{keras.backend.backend()}" + ("-reference-form" if reference_form else ""),
+            "device": "gpu" if _has_gpu() else "cpu", "bf16": bf16, "model": model_name, "scenario": scenario,
+            "batch": batch, "seq": seq, "n_adapters": n_adapters if scenario.endswith("fusion") else None,
+            "trainable_params": trainable}
+    return step, info
+
+
+def run(model_name, scenario, batch, seq, steps, n_adapters, reference_form, bf16, jit_compile=None):
+    step, info = prepare(model_name, scenario, batch, seq, n_adapters, reference_form, bf16, jit_compile)
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
@@ -70,11 +87,10 @@ def run(model_name, scenario, batch, seq, steps, n_adapters, reference_form, bf1
         if i >= 2:
             times.append((time.perf_counter() - t) * 1000)
     ms = statistics.median(times)
-    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights) if train else None
-    return {"impl": f"keras_adapterfusion-{keras.backend.backend()}" + ("-reference-form" if reference_form else ""),
-            "device": "gpu" if _has_gpu() else "cpu", "bf16": bf16, "model": model_name, "scenario": scenario,
-            "batch": batch, "seq": seq, "n_adapters": n_adapters if scenario.endswith("fusion") else None,
-            "ms_median": round(ms, 2), "ex_per_s": round(batch / ms * 1000, 2), "trainable_params": trainable}
+    out = dict(info)
+    trainable = out.pop("trainable_params")
+    out.update(ms_median=round(ms, 2), ex_per_s=round(batch / ms * 1000, 2), trainable_params=trainable)
+    return out
 
 
 def _has_gpu():
@@ -102,17 +118,40 @@ def main():
     parser.add_argument("--fusion-form", choices=["fast", "reference"], default="fast")
     parser.add_argument("--bf16", action="store_true", help="mixed_bfloat16 policy")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (TensorFlow)")
+    parser.add_argument("--inter-op", type=int, default=None,
+                        help="inter-op threads (TensorFlow; default: the same as --threads)")
+    parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
+                        help="XLA compilation of the step (Keras's jit_compile); auto: Keras's own choice")
+    parser.add_argument("--serve", action="store_true",
+                        help="act as a worker for compare.py (JSON requests on stdin, see worker.py)")
     args = parser.parse_args()
-    if args.threads and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-        import tensorflow as tf
+    set_threads(args.threads, args.inter_op)
+    jit = {"auto": None, "on": True, "off": False}[args.jit]
+    if args.serve:
+        from worker import serve
 
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        serve(lambda spec: prepare(spec["model"], spec["scenario"], int(spec["batch"]), int(spec["seq"]),
+                                   int(spec.get("adapters", 8)), spec.get("fusion_form") == "reference",
+                                   bool(spec.get("bf16", False)), jit))
+        return
     for scenario in args.scenarios.split(","):
         if scenario not in SCENARIOS:
             parser.error(f"unknown scenario {scenario!r}; expected from {list(SCENARIOS)}")
         print(json.dumps(run(args.model, scenario, args.batch, args.seq, args.steps, args.adapters,
-                             args.fusion_form == "reference", args.bf16)), flush=True)
+                             args.fusion_form == "reference", args.bf16, jit)), flush=True)
+
+
+def set_threads(intra, inter=None):
+    """Pin the backend's thread pools (TensorFlow: intra- and inter-op; JAX/XLA: nothing to set here)."""
+    if intra and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter or intra)
+    elif intra and os.environ.get("KERAS_BACKEND") == "torch":
+        import torch
+
+        torch.set_num_threads(intra)
 
 
 if __name__ == "__main__":
