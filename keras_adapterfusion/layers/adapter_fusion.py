@@ -1,9 +1,10 @@
 """The AdapterFusion layer: per-token attention over the outputs of N adapters."""
 
 import keras
-from keras import ops
+from keras import backend, ops
 
 from keras_adapterfusion.configs import FusionConfig
+from keras_adapterfusion.layers import adapter_stack
 from keras_adapterfusion.layers.numerics import softmax_input
 
 TEMPERATURE_START = 50.0
@@ -202,12 +203,8 @@ class AdapterFusion(keras.layers.Layer):
             scores = ops.einsum("bth,btnh->btn", q, u)
         return scores, u
 
-    def call(self, query, adapter_outputs, residual, training=None):
-        u = adapter_outputs
-        if self.residual_before:
-            u = u + ops.expand_dims(residual, 2)
-        q = self.query_dense(query) if self.use_query else query
-        scores, values = self._scores_and_values(q, u)
+    def _probabilities(self, scores, training):
+        """Dropout on the scores, the temperature, and the softmax over the adapters."""
         scores = self.score_dropout(scores, training=training)
         scores = softmax_input(scores)
         if self.temperature:
@@ -215,15 +212,146 @@ class AdapterFusion(keras.layers.Layer):
             scores = scores / t
             if training:
                 self.temperature_value.assign(ops.maximum(t - TEMPERATURE_START / 1000.0, 1.0))
-        probs = ops.cast(ops.softmax(scores, axis=-1), values.dtype)
-        context = ops.einsum("btn,btnh->bth", probs, values)
-        if self.use_value and (not self.reference_form or not self.value_before_softmax):
-            context = self.value_dense(context)
+        return ops.softmax(scores, axis=-1)
+
+    def _finish(self, context, residual, training):
         if not self.residual_before:
             context = context + residual
         if training and self.regularization and self.use_value and self.trainable:
             self.add_loss(self.regularization_loss())
-        return context, probs
+        return context
+
+    def call(self, query, adapter_outputs, residual, training=None):
+        u = adapter_outputs
+        if self.residual_before:
+            u = u + ops.expand_dims(residual, 2)
+        q = self.query_dense(query) if self.use_query else query
+        scores, values = self._scores_and_values(q, u)
+        probs = ops.cast(self._probabilities(scores, training), values.dtype)
+        context = ops.einsum("btn,btnh->bth", probs, values)
+        if self.use_value and (not self.reference_form or not self.value_before_softmax):
+            context = self.value_dense(context)
+        return self._finish(context, residual, training), probs
+
+    # ------------------------------------------------ adapters side by side
+    # From this many tokens in a call on, the fusion's Q, K and V are multiplied into the
+    # adapters' stacked weights once per call (costs about 3·H²·(S + N) multiply-adds, saves
+    # 3·H² per token); below it they are applied token by token. None: from S + N + 1 on,
+    # where folding starts to cost less than it saves (S: the adapters' summed bottleneck).
+    fold_min_tokens = None
+
+    def fuse_adapters(self, query, adapter_input, adapters, residual, training=None):
+        """Fuse `adapters` run on `adapter_input`, without running them one by one.
+
+        Gives the result of
+        `self(query, ops.stack([a(adapter_input, up_only=True) for a in adapters], axis=2), residual)`
+        (the same function; float rounding differs). With `U_n = d_n W_n + b_n` the
+        up projection of adapter n over its bottleneck activation `d_n`:
+
+        - all down projections are one product (`adapter_stack`), giving `d` `[tokens, S]`;
+        - `scores_n = r · U_n + q · b_K = (r W_nᵀ) · d_n + r · b_n + q · b_K` with `r = Kᵀ q`:
+          the scores come from `[tokens, S + N + 1]` numbers, and no `[tokens, N, H]` tensor
+          is formed;
+        - `Σ_n p_n V U_n = ([p_n d_n]_n, p) · [W; b] · V`: one product for the mixture.
+
+        From `fold_min_tokens` tokens on, `Q`, `K` and `V` are multiplied into the stacked
+        adapter weights first, so the whole fusion costs about three products of width
+        `S` per token (and when the query is the adapters' input, the down projections
+        and the scores share one product). With a dynamic token count the choice is made
+        at run time (`ops.cond`).
+
+        Falls back to running the adapters one by one when they cannot be stacked
+        (`adapter_stack.can_stack`), with `residual_before`, and in the reference form.
+
+        Args:
+            query: `[batch, tokens, hidden]`.
+            adapter_input: the adapters' input `[batch, tokens, hidden]` (pass the same
+                tensor as `query` when the query is the adapters' input).
+            adapters: the fused `BottleneckAdapter` layers, in the fusion's order.
+            residual: `[batch, tokens, hidden]`.
+            training: Python bool.
+
+        Returns:
+            `(output, attention)` as `call` returns them.
+        """
+        if self.reference_form or self.residual_before or not adapter_stack.can_stack(adapters):
+            ups = ops.stack([adapter(adapter_input, up_only=True) for adapter in adapters], axis=2)
+            return self(query, ups, residual, training=training)
+        dtype = backend.standardize_dtype(adapter_input.dtype)
+        weights = adapter_stack.stacked_weights(adapters, dtype)
+        h = self.hidden_size
+        shape = ops.shape(adapter_input)
+        a = ops.reshape(adapter_input, (-1, h))
+        q = a if query is adapter_input else ops.reshape(query, (-1, h))
+        size, n = weights["selector"].shape
+        threshold = size + n + 1 if self.fold_min_tokens is None else self.fold_min_tokens
+        tokens = a.shape[0]
+
+        def either(fn):
+            if tokens is not None:
+                return fn(tokens >= threshold)
+            return ops.cond(ops.shape(a)[0] >= threshold, lambda: fn(True), lambda: fn(False))
+
+        scores, down = either(lambda fold: self._stacked_scores(a, q, weights, fold))
+        probs = ops.cast(self._probabilities(scores, training), dtype)
+        context = either(lambda fold: self._stacked_mixture(down, probs, weights, fold))
+        context = ops.reshape(context, shape)
+        probs = ops.reshape(probs, tuple(shape[:-1]) + (n,))
+        return self._finish(context, residual, training), probs
+
+    def _stacked_scores(self, a, q, w, fold):
+        """Scores `[tokens, N]` (before dropout) and the bottleneck activations `d` `[tokens, S]`."""
+        dtype = backend.standardize_dtype(a.dtype)
+        size, n = w["selector"].shape
+        # r · [W_nᵀ | b_n]: the scores' part that depends on the adapter.
+        g = ops.concatenate([ops.transpose(w["up_kernel"]), ops.transpose(w["up_bias"])], axis=1)  # [H, S + N]
+        if self.use_query:
+            wq, bq = ops.cast(self.query_dense.kernel, dtype), ops.cast(self.query_dense.bias, dtype)
+        if self.use_key:
+            wk, bk = ops.cast(self.key_dense.kernel, dtype), ops.cast(self.key_dense.bias, dtype)
+        if fold:
+            # query ↦ [r·W_nᵀ | r·b_n | q·b_K] as one matrix m (and bias m0).
+            m = g
+            if self.use_key:  # q·b_K is the same for every adapter (it cancels in the softmax), but
+                # dropout on the scores sees it, as in the reference
+                m = ops.concatenate([ops.matmul(ops.transpose(wk), g), ops.expand_dims(bk, 1)], axis=1)
+            m0 = ops.zeros((ops.shape(m)[1],), dtype=dtype)
+            if self.use_query:
+                m0 = ops.squeeze(ops.matmul(ops.expand_dims(bq, 0), m), 0)
+                m = ops.matmul(wq, m)
+            if q is a:  # the down projections and the scores in one product
+                y = ops.matmul(a, ops.concatenate([w["down_kernel"], m], axis=1))
+                y = y + ops.concatenate([w["down_bias"], m0], axis=0)
+                down, r = ops.split(y, [size], axis=1)  # split, not sliced: cheaper gradients
+            else:
+                down = ops.matmul(a, w["down_kernel"]) + w["down_bias"]
+                r = ops.matmul(q, m) + m0
+        else:
+            down = ops.matmul(a, w["down_kernel"]) + w["down_bias"]
+            q = ops.matmul(q, wq) + bq if self.use_query else q
+            if self.use_key:
+                r = ops.matmul(ops.matmul(q, ops.transpose(wk)), g)
+                r = ops.concatenate([r, ops.sum(q * bk, axis=-1, keepdims=True)], axis=1)
+            else:
+                r = ops.matmul(q, g)
+        d = w["activation"](down)
+        parts = ops.split(r, [size, size + n], axis=1)
+        scores = ops.matmul(parts[0] * d, w["selector"]) + parts[1]
+        if self.use_key:
+            scores = scores + parts[2]
+        return scores, d
+
+    def _stacked_mixture(self, d, probs, w, fold):
+        """`V Σ_n p_n U_n` `[tokens, H]` from the bottleneck activations and the probabilities."""
+        z = d * ops.matmul(probs, ops.transpose(w["selector"]))  # p_n d_n, side by side
+        zp = ops.concatenate([z, probs], axis=1)
+        mix = ops.concatenate([w["up_kernel"], w["up_bias"]], axis=0)  # [S + N, H]
+        if not self.use_value:
+            return ops.matmul(zp, mix)
+        wv = ops.cast(self.value_dense.kernel, backend.standardize_dtype(d.dtype))
+        if fold:
+            return ops.matmul(zp, ops.matmul(mix, wv))
+        return ops.matmul(ops.matmul(zp, mix), wv)
 
     def compute_output_shape(self, query_shape, adapter_outputs_shape, residual_shape):
         return tuple(query_shape), tuple(adapter_outputs_shape[:-1])

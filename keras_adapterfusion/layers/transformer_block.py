@@ -345,29 +345,46 @@ class TransformerBlock(keras.layers.Layer):
         # AdapterHub: the last fused adapter's config decides the residual.
         config = self.adapter_configs[present[-1]]
         a, query, residual = self._pre_forward(config, h, x, norm, fusion.query_before_ln)
-        ups = ops.stack([adapters[n](a, up_only=True) for n in present], axis=2)
-        out, probs = fusion(query, ups, residual, training=training)
+        # All adapters side by side, in a few products (AdapterFusion.fuse_adapters).
+        out, probs = fusion.fuse_adapters(query, a, [adapters[n] for n in present], residual, training=training)
         return self._post_forward(config, out, x, norm), probs
+
+    @staticmethod
+    def _linear(layer, x):
+        """`layer(x)` for one of the block's `Dense` layers, computed as one 2-D product.
+
+        `x` is flattened to `[tokens, in]`, so that the product and the bias add meet
+        in one kernel where the backend fuses them (oneDNN on TensorFlow), and the
+        result is shaped back.
+        """
+        shape = ops.shape(x)
+        y = ops.matmul(ops.reshape(x, (-1, shape[-1])), layer.kernel)
+        if layer.use_bias:
+            y = y + layer.bias
+        return ops.reshape(y, tuple(shape[:-1]) + (layer.units,))
 
     def _attention(self, x, attention_mask, training):
         b, t = ops.shape(x)[0], ops.shape(x)[1]
-
-        def heads(y):
-            y = ops.reshape(y, (b, t, self.num_heads, self.head_dim))
-            return ops.transpose(y, (0, 2, 1, 3))
-
-        q = heads(self.query_dense(x))
-        k = heads(self.key_dense(x))
-        v = heads(self.value_dense(x))
+        h = self.hidden_size
+        # Q, K and V as one product over the kernels side by side.
+        kernel = ops.concatenate([self.query_dense.kernel, self.key_dense.kernel, self.value_dense.kernel], axis=1)
+        bias = ops.concatenate([self.query_dense.bias, self.key_dense.bias, self.value_dense.bias], axis=0)
+        qkv = ops.matmul(ops.reshape(x, (-1, h)), kernel) + bias
+        qkv = ops.reshape(qkv, (b, t, 3, self.num_heads, self.head_dim))
+        # [3, batch, heads, tokens, head_dim], unstacked (not sliced: a slice's gradient is a
+        # full-size scatter, an unstack's a stack).
+        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
         scores = softmax_input(scores) / (self.head_dim ** 0.5)
         if attention_mask is not None:
-            keep = ops.cast(attention_mask, "bool")[:, None, None, :]
-            scores = ops.where(keep, scores, ops.cast(lowest(scores.dtype), scores.dtype))
+            # An additive mask: 0 for real tokens, the lowest number for padding. Equal to
+            # selecting the lowest number wherever a row has a real token.
+            keep = ops.cast(attention_mask, scores.dtype)[:, None, None, :]
+            scores = scores + (1.0 - keep) * lowest(scores.dtype)
         probs = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
         probs = self.attention_probs_dropout(probs, training=training)
         ctx = ops.matmul(probs, v)
-        ctx = ops.reshape(ops.transpose(ctx, (0, 2, 1, 3)), (b, t, self.hidden_size))
+        ctx = ops.reshape(ops.transpose(ctx, (0, 2, 1, 3)), (b, t, h))
         return ctx
 
     def __call__(self, hidden_states, attention_mask=None, adapter_setup=None, **kwargs):
@@ -381,11 +398,12 @@ class TransformerBlock(keras.layers.Layer):
             raise ValueError("TransformerBlock: a per-row adapter setup needs adapter_index ([batch] ints).")
         x = hidden_states
         h = self.hidden_dropout_layer(
-            self.attention_output_dense(self._attention(x, attention_mask, training)), training=training
+            self._linear(self.attention_output_dense, self._attention(x, attention_mask, training)),
+            training=training,
         )
         x1, mh_probs = self._slot("mh", h, x, self.attention_norm, setup, adapter_index, training)
-        inter = self._act(self.intermediate_dense(x1))
-        h2 = self.hidden_dropout_layer(self.output_dense(inter), training=training)
+        inter = self._act(self._linear(self.intermediate_dense, x1))
+        h2 = self.hidden_dropout_layer(self._linear(self.output_dense, inter), training=training)
         out, out_probs = self._slot("output", h2, x1, self.output_norm, setup, adapter_index, training)
         outputs = {"hidden_states": out}
         if mh_probs is not None:
