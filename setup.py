@@ -24,7 +24,7 @@ setup(
         "safetensors",
         "tensorflow-datasets",
         "keras-tuner",
-        "scikit-learn",  # keras-tuner's BayesianOptimization (the default tuner of `tune`) needs it; it does not declare it
+        "scikit-learn",  # keras-tuner needs it for BayesianOptimization (tune's default) but does not declare it
         "tensorboard",  # --log-dir's TensorBoard logs
         "numpy",
         "matplotlib",

@@ -66,6 +66,50 @@ class _SharedEncoderModel(keras.Model):
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 self.optimizer.build(self.trainable_weights)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras's build before `fit` under a `tf.distribute` strategy, with dict inputs under several workers.
+
+        Keras (3.15, TensorFlow backend) averages the first distributed batch over
+        the replicas only to learn its shapes, and `MultiWorkerMirroredStrategy`
+        cannot average a dict of inputs (keras-team/keras#20329: "Attempt to
+        convert a value ({'input_ids': PerReplica...}) with an unsupported type").
+        One replica's part of the batch has the shapes the build needs; no
+        collective is run for it.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is not None and iterator is not None and data_batch is None:
+            import tensorflow as tf
+
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _logs_for_workers(self, logs):
+        """Scalar logs as `[1]` tensors under several workers (TensorFlow's `MultiWorkerMirroredStrategy`).
+
+        Keras (3.15) averages each log over the workers with
+        `strategy.reduce("MEAN", value, axis=0)`, which fails on a scalar
+        ("Invalid reduction dimension 0 for input with 0 dimensions",
+        tensorflow/tensorflow#72388); on a `[1]` tensor it gives the scalar mean.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        extended = getattr(strategy, "extended", None)
+        if extended is None or not getattr(extended, "_in_multi_worker_mode", lambda: False)():
+            return logs
+        return {k: ops.reshape(v, (1,)) if len(ops.shape(v)) == 0 else v for k, v in logs.items()}
+
+    def train_step(self, *args, **kwargs):
+        """Keras's training step (see `_logs_for_workers` for what changes under several workers)."""
+        return self._logs_for_workers(super().train_step(*args, **kwargs))
+
+    def test_step(self, *args, **kwargs):
+        """Keras's evaluation step (see `_logs_for_workers`)."""
+        return self._logs_for_workers(super().test_step(*args, **kwargs))
+
     def compile_from_config(self, config):
         """Compile from the state a `.keras` file saved (this class's `compile` only adds the early slots)."""
         self.compile(**keras.saving.deserialize_keras_object(config))

@@ -92,7 +92,7 @@ CACHE_DIR = "xla_cache"  # JAX's persistent compilation cache (the default of `s
 
 
 def _fail(field, value, expected):
-    if isinstance(value, tuple):  # shown as the JSON list it came from
+    if isinstance(value, (list, tuple)):  # shown as the JSON list it came from
         value = [list(v) if isinstance(v, tuple) else v for v in value]
     raise ValueError(f"FusionSearchSpace.{field}: got {value!r}; expected {expected}.")
 
@@ -465,7 +465,8 @@ def enable_compilation_cache(directory):
 
     A trial whose compiled programs were compiled before (by this search, an
     earlier one, or another process) then loads them from disk instead of
-    compiling. Does nothing on other backends.
+    compiling. Does nothing on other backends. JAX trusts what it finds there:
+    use a directory that only you can write to.
 
     Args:
         directory: where the compiled programs are kept (created if needed).
@@ -484,12 +485,16 @@ def enable_compilation_cache(directory):
     if keras.backend.backend() != "jax":
         return False
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
     os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", directory)
+    compilation_cache.set_cache_dir(directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # JAX decides once, at its first compilation, whether the cache is used; anything compiled before
+    # this call (loading the encoder, adding adapters) made it decide "no". Ask it to decide again.
+    compilation_cache.reset_cache()
     return True
 
 
@@ -848,10 +853,10 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
         def checkpoint_path(self, trial_id):
             return os.path.join(self.get_trial_dir(trial_id), "trained.weights.npz")
 
-        trials_run = ()  # the ids of the trials this tuner ran (in this process), in order
+        trials_run = ()  # the ids of the trials this tuner ran in its last `search`, in order
 
         def run_trial(self, trial, *args, **kwargs):
-            self.trials_run = list(self.trials_run) + [trial.trial_id]
+            self.trials_run.append(trial.trial_id)
             hp = trial.hyperparameters
             if "tuner/epochs" in hp.values:
                 kwargs["epochs"] = hp.values["tuner/epochs"]
@@ -879,6 +884,7 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
             return model
 
         def search(self, *fit_args, **fit_kwargs):
+            self.trials_run = []
             if role() == "chief":
                 if "verbose" in fit_kwargs:
                     self.oracle.verbose = fit_kwargs["verbose"]
