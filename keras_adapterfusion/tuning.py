@@ -1002,9 +1002,12 @@ def search(hypermodel, train, validation, tuner="bayesian", max_trials=10, direc
         verbose: 0 quiet; 1 keras-tuner's trial tables and Keras progress.
         callbacks: more Keras callbacks for every trial (deep-copied per trial).
         hyperband_factor: Hyperband's reduction factor.
-        **tuner_kwargs: more arguments for the keras-tuner tuner (e.g.
-            `num_initial_points` for Bayesian optimization,
-            `executions_per_trial`, `seed` for the oracle).
+        **tuner_kwargs: more arguments for the keras-tuner tuner, e.g.
+            `num_initial_points` (Bayesian optimization's random trials before
+            its Gaussian process guides; here by default a third of
+            `max_trials`, at least 2, where keras-tuner would take 3 per
+            hyperparameter), `executions_per_trial`, or `seed` (the oracle's;
+            by default the hypermodel's seed + 1).
 
     Returns:
         The tuner; `tuner.oracle.trials` holds the trials (`trial_rows` makes a table).
@@ -1034,7 +1037,9 @@ def search(hypermodel, train, validation, tuner="bayesian", max_trials=10, direc
         enable_compilation_cache(compilation_cache_dir)
     kwargs = dict(hypermodel=hypermodel, objective=hypermodel.objective, directory=os.fspath(directory),
                   project_name=project_name, overwrite=overwrite)
-    kwargs.setdefault("seed", hypermodel.seed + 1)  # keras-tuner takes a seed of 0 as "none"
+    kwargs["seed"] = hypermodel.seed + 1  # keras-tuner takes a seed of 0 as "none"
+    if tuner == "bayesian":  # keras-tuner's default, 3 random trials per hyperparameter, is 33 here
+        kwargs["num_initial_points"] = max(2, max_trials // 3)
     kwargs.update(tuner_kwargs)
     if tuner == "hyperband":
         hypermodel.tuner_sets_epochs = True
