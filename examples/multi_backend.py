@@ -127,6 +127,8 @@ def child(args):
 def run_child(backend, args, check=None):
     """Run this script on `backend` in a new process; return the JSON it printed last."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if args.smoke and backend == "jax":  # XLA's quickest compilation: the smoke model is tiny
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
     command = [sys.executable, os.path.abspath(__file__), "--child", backend, "--encoder", args.encoder,
                "--sources", *args.sources, "--target", args.target, "--examples", str(args.examples),
                "--epochs", str(args.epochs), "--output-dir", args.output_dir]
