@@ -41,9 +41,10 @@ same program on every machine with `KERASTUNER_TUNER_ID` (`chief` on one,
 `KERASTUNER_ORACLE_PORT` (the chief's address). The chief only hands out trials
 and records them; the workers train. See `docs/tuning.md`.
 
-Importing this module imports neither Keras, keras-tuner nor TensorFlow:
-`FusionHyperModel` is made on first use, and `search` imports keras-tuner when
-it runs. Searches run on the TensorFlow and JAX backends (on JAX without
+Importing this module imports neither Keras, keras-tuner nor TensorFlow: a
+`FusionHyperModel` is created as an instance of a subclass that is also a
+`keras_tuner.HyperModel`, made when the first one is, and `search` imports
+keras-tuner when it runs. Searches run on the TensorFlow and JAX backends (on JAX without
 TensorFlow installed).
 
 Example:
@@ -77,6 +78,11 @@ from typing import Optional, Tuple
 import numpy as np
 
 from keras_adapterfusion.configs import FusionConfig
+
+__all__ = ["CACHE_DIR", "MAX_SUBSETS", "PRESETS", "REPORT_FILES", "SEARCH_DIR", "SETTINGS_FILE", "TRIAL_METRICS",
+           "TUNERS", "FusionHyperModel", "FusionSearchSpace", "TrialSetUp", "best_trial", "enable_compilation_cache",
+           "fusion_config_from_values", "plot_trials", "role", "search", "serve_as_chief", "trial_rows",
+           "trial_seed", "write_reports"]
 
 TUNERS = ("bayesian", "hyperband", "random")
 PRESETS = ("dynamic", "static")
@@ -214,7 +220,17 @@ class FusionSearchSpace:
 
     # ------------------------------------------------------------ JSON
     def to_dict(self):
-        """The fields as JSON-ready values (tuples as lists)."""
+        """The fields as JSON-ready values (tuples as lists).
+
+        Returns:
+            A dict that `from_dict` reads back.
+
+        Example:
+
+        ```python
+        FusionSearchSpace().to_dict()["presets"]  # ["dynamic", "static"]
+        ```
+        """
         out = dataclasses.asdict(self)
         return json.loads(json.dumps(out))
 
@@ -244,7 +260,17 @@ class FusionSearchSpace:
         return cls(**fields)
 
     def to_json(self):
-        """The space as indented JSON (`from_json` reads it back)."""
+        """The space as indented JSON.
+
+        Returns:
+            A string that `from_json` reads back (and `tune --space FILE` reads from a file).
+
+        Example:
+
+        ```python
+        open("space.json", "w").write(FusionSearchSpace(presets=("dynamic",)).to_json())
+        ```
+        """
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
@@ -378,6 +404,13 @@ class TrialSetUp:
         batch_size: examples per batch.
         epochs: the most epochs the trial trains.
         values: the hyperparameter values it was read from.
+
+    Example:
+
+    ```python
+    setup = FusionSearchSpace().declare(keras_tuner.HyperParameters(), ["a", "b"])
+    setup.adapters, setup.learning_rate  # ("a", "b"), 5e-05
+    ```
     """
 
     adapters: Tuple[str, ...]
@@ -397,6 +430,12 @@ class TrialSetUp:
 
         Returns:
             A `TrialSetUp`.
+
+        Example:
+
+        ```python
+        TrialSetUp.from_values(best_trial(tuner).hyperparameters.values).fusion_config
+        ```
         """
         return cls(adapters=tuple(str(values["adapters"]).split(",")),
                    fusion_config=fusion_config_from_values(values),
@@ -454,6 +493,12 @@ def trial_seed(seed, values):
 
     Returns:
         An integer in [0, 2**31).
+
+    Example:
+
+    ```python
+    trial_seed(0, {"preset": "dynamic", "learning_rate": 1e-4})  # the same for the same values
+    ```
     """
     kept = {k: v for k, v in values.items() if not str(k).startswith("tuner/")}
     text = json.dumps([int(seed), sorted((str(k), repr(v)) for k, v in kept.items())])
@@ -498,14 +543,287 @@ def enable_compilation_cache(directory):
     return True
 
 
+class FusionHyperModel:
+    """A `keras_tuner.HyperModel` for stage 2: fusion set-ups over trained adapters, on a loaded encoder.
+
+    Each trial's model runs on a copy of `encoder` that holds only the
+    trial's adapters: the copy is made from the encoder's configuration and
+    its variables are assigned copies of the encoder's values (in memory),
+    so nothing is read from disk and `encoder` itself is never changed (no
+    fusion is added to it). `build` returns the uncompiled model;
+    `fit` compiles it (AdamW, the trial's learning rate decaying linearly to
+    0), trains it with early stopping on the objective, and returns the
+    objective at the best epoch with the trial's timings.
+
+    Args:
+        encoder: a `TransformerEncoder` holding the adapters (or a checkpoint
+            path, loaded once here).
+        adapter_names: the trained adapters the search may fuse (two or more,
+            or one with `space.min_adapters=1`); they must share their slots
+            (`mh_adapter`, `output_adapter`).
+        num_labels: classes of a single-label classification target, when
+            `task` is not given.
+        space: a `FusionSearchSpace` or a dict of its fields (default: the
+            documented defaults).
+        task: the target `Task` (or registry name): its head, loss and
+            validation metric (the objective is `val_<its first metric>`).
+        seed: the search's seed: data order and each trial's initialization
+            (`trial_seed`).
+        dtype_policy: e.g. `"mixed_bfloat16"` for mixed precision (set for
+            every trial; keras-tuner clears Keras's global settings before
+            each trial).
+        distribution: a `keras.distribution.Distribution` (JAX), set for every
+            trial, e.g. `keras.distribution.DataParallel()` to train each trial
+            on all local accelerators.
+        eval_batch_size: examples per validation batch.
+        name: the hypermodel's name.
+
+    Example:
+
+    ```python
+    hypermodel = FusionHyperModel(encoder, ["movie", "news", "subj"], task="vader_tweets",
+                                  space={"presets": ["dynamic"], "batch_size": [16]})
+    tuner = search(hypermodel, train, validation, max_trials=10, directory="search")
+    ```
+    """
+
+    def __new__(cls, *args, **kwargs):
+        # Instances are of a subclass that is also a `keras_tuner.HyperModel`, made when first needed, so
+        # that importing this module imports neither Keras nor keras-tuner.
+        if cls is FusionHyperModel:
+            cls = _parts()["FusionHyperModel"]
+        return object.__new__(cls)
+
+    def __init__(self, encoder, adapter_names, num_labels=None, space=None, task=None, seed=0,
+                 dtype_policy=None, distribution=None, eval_batch_size=64, name="fusion"):
+        import keras_tuner
+
+        super().__init__(name=name, tunable=True)  # keras_tuner.HyperModel's
+        from keras_adapterfusion.builders import resolve_encoder
+        from keras_adapterfusion.tasks import Task, get_task
+
+        self.encoder = resolve_encoder(encoder)
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)) or not adapter_names:
+            raise ValueError(f"FusionHyperModel.adapter_names: got {adapter_names!r}; expected a list of "
+                             "adapter names.")
+        names = list(adapter_names)
+        missing = [n for n in names if n not in self.encoder.adapter_configs]
+        if missing or len(set(names)) != len(names):
+            raise ValueError(f"FusionHyperModel.adapter_names: got {names}; expected distinct adapters of the "
+                             f"encoder ({sorted(self.encoder.adapter_configs)})"
+                             + (f"; {missing} are not there" if missing else "") + ".")
+        slots = {n: (self.encoder.adapter_configs[n].mh_adapter, self.encoder.adapter_configs[n].output_adapter)
+                 for n in names}
+        if len(set(slots.values())) > 1:
+            raise ValueError("FusionHyperModel.adapter_names: fused adapters must share mh_adapter and "
+                             "output_adapter; got " + ", ".join(f"{n}: {s}" for n, s in slots.items()) + ".")
+        self.adapter_names = names
+        if space is None:
+            space = FusionSearchSpace()
+        elif isinstance(space, dict):
+            space = FusionSearchSpace.from_dict(space)
+        elif not isinstance(space, FusionSearchSpace):
+            raise ValueError(f"FusionHyperModel.space: got {type(space).__name__}; expected a "
+                             "FusionSearchSpace, a dict of its fields or None.")
+        self.space = space
+        self.space.subsets(names)  # checks the subsets against the adapters now
+        if task is None:
+            if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+                raise ValueError(f"FusionHyperModel.num_labels: got {num_labels!r}; expected an integer >= 2 "
+                                 "(or pass task=).")
+            task = Task("target", None, "single", ("text",), tuple(str(i) for i in range(num_labels)),
+                        ("accuracy",), data={"train": ([], [])})
+        else:
+            task = get_task(task)
+            if num_labels is not None and num_labels != task.num_labels:
+                raise ValueError(f"FusionHyperModel.num_labels: got {num_labels!r}; task {task.name!r} has "
+                                 f"{task.num_labels}.")
+        self.task = task
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"FusionHyperModel.seed: got {seed!r}; expected an integer from 0 to 2**32-1.")
+        self.seed = seed
+        self.dtype_policy = dtype_policy
+        self.distribution = distribution
+        self.eval_batch_size = int(eval_batch_size)
+        metric = task.metrics[0]
+        self.objective = keras_tuner.Objective(f"val_{metric}", "min" if metric == "mse" else "max")
+        self.tuner_sets_epochs = False
+        self._base_config = None
+        self._started = None
+        self._previous_policy = None
+
+    # ---------------------------------------------------------- space
+    def declare_hyperparameters(self, hp):
+        """Register the whole space in `hp` (no model is built).
+
+        Args:
+            hp: a `keras_tuner.HyperParameters` (keras-tuner calls this with its oracle's space).
+
+        Example:
+
+        ```python
+        hp = keras_tuner.HyperParameters()
+        hypermodel.declare_hyperparameters(hp)
+        [p.name for p in hp.space]  # learning_rate, preset, value, ..., batch_size, epochs
+        ```
+        """
+        self.space.declare(hp, self.adapter_names, self.tuner_sets_epochs)
+
+    def setup(self, hp):
+        """The set-up of one trial (registering the space in `hp`).
+
+        Args:
+            hp: the trial's `keras_tuner.HyperParameters`.
+
+        Returns:
+            A `TrialSetUp`: adapters, fusion config, learning rate, batch size, epochs.
+
+        Example:
+
+        ```python
+        hypermodel.setup(best_trial(tuner).hyperparameters).fusion_config
+        ```
+        """
+        return self.space.declare(hp, self.adapter_names, self.tuner_sets_epochs)
+
+    # ---------------------------------------------------------- models
+    def encoder_copy(self, adapters):
+        """A new encoder like `self.encoder` with only `adapters` (and no fusion), holding its values.
+
+        Args:
+            adapters: the adapter names to keep.
+
+        Returns:
+            A built `TransformerEncoder`; its variables hold copies of the encoder's values.
+
+        Example:
+
+        ```python
+        copy = hypermodel.encoder_copy(["movie", "news"])
+        copy.fusion_specs, list(copy.adapter_configs)  # {}, ["movie", "news"]
+        ```
+        """
+        import keras
+
+        from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
+
+        if self._base_config is None:
+            config = self.encoder.get_config()
+            self._base_config = {k: v for k, v in config.items() if k not in ("adapters", "fusions")}
+        config = dict(self._base_config, fusions={},
+                      adapters={n: self.encoder.adapter_configs[n].to_dict() for n in adapters})
+        if self.dtype_policy is not None:
+            config["dtype"] = self.dtype_policy
+        copy = TransformerEncoder.from_config(config)
+        copy.build()
+        fusion_ids = {id(v) for key in self.encoder.fusion_specs for v in self.encoder.fusion_weights(key)}
+        source = {_relative(v.path): v for v in self.encoder.weights if id(v) not in fusion_ids}
+        for v in copy.weights:
+            original = source.get(_relative(v.path))
+            if original is None or tuple(original.shape) != tuple(v.shape):
+                raise ValueError(f"FusionHyperModel: the encoder copy's {v.path} {tuple(v.shape)} has no "
+                                 "counterpart in the encoder; expected the same structure.")
+            # A copy of the buffer: a training step donates (frees) the buffers of the variables it updates.
+            v.assign(keras.ops.copy(original.value))
+        return copy
+
+    def build(self, hp):
+        """The uncompiled stage-2 model of one trial (fusion layers and a new head train).
+
+        Args:
+            hp: the trial's `keras_tuner.HyperParameters`.
+
+        Returns:
+            An `AdapterModel` (a fusion over the trial's adapters, or one frozen adapter).
+        """
+        import keras
+
+        from keras_adapterfusion import builders
+        from keras_adapterfusion.heads import make_head
+        from keras_adapterfusion.models import AdapterModel
+        from keras_adapterfusion.trainable import make_spec
+
+        self._started = time.perf_counter()
+        setup = self.setup(hp)
+        self._previous_policy = keras.config.dtype_policy()
+        if self.dtype_policy is not None:
+            keras.config.set_dtype_policy(self.dtype_policy)
+        if self.distribution is not None:
+            keras.distribution.set_distribution(self.distribution)
+        keras.utils.set_random_seed(trial_seed(self.seed, hp.values))
+        encoder = self.encoder_copy(setup.adapters)
+        task = self.task
+        labels = None if task.kind == "regression" else list(task.label_names)
+        head = make_head(task.head_kind, task.num_labels if task.kind != "regression" else None,
+                         label_names=labels, name="head")
+        if len(setup.adapters) == 1:
+            return AdapterModel(encoder, head, adapter_setup=setup.adapters[0], output_key="logits",
+                                trainable_spec=make_spec(heads=True), name="fusion_trial")
+        return builders.build_fusion_model(encoder, list(setup.adapters), head=head,
+                                           fusion_config=setup.fusion_config, name="fusion_trial")
+
+    def fit(self, hp, model, train, validation, callbacks=None, epochs=None, initial_epoch=0, verbose=1,
+            **kwargs):
+        """Compile and train one trial's model; returns its objective and timings.
+
+        Args:
+            hp: the trial's hyperparameters.
+            model: what `build` returned.
+            train: `(encoded, labels)`, tokenized (`experiments.prepare`).
+            validation: `(encoded, labels)`: the objective is measured on it after every epoch.
+            callbacks: more Keras callbacks (keras-tuner's own come here).
+            epochs: the epochs (Hyperband's); default the trial's `epochs` value.
+            initial_epoch: the epoch to start from (Hyperband's continued trials).
+            verbose: 0 quiet, else Keras progress (bars on a terminal, a line per epoch otherwise).
+
+        Returns:
+            A dict: the objective (its best value over the epochs), `val_loss` at that epoch,
+            `best_epoch`, `epochs_run`, `seconds` (the trial: build, compile, training,
+            validation), `first_epoch_seconds` and, after two or more epochs,
+            `later_epoch_seconds` (the median of the others).
+        """
+        import keras
+
+        from keras_adapterfusion import training
+        from keras_adapterfusion.experiments import ValidationMetrics, progress_verbosity
+        from keras_adapterfusion.heads import compile_arguments
+
+        parts = _parts()
+
+        try:
+            setup = self.setup(hp)
+            epochs = setup.epochs if epochs is None else int(epochs)
+            batches = parts["FullBatches"](train[0], train[1], setup.batch_size, self.seed)
+            remaining = max(1, epochs - initial_epoch)
+            schedule = parts["ValueLinearDecay"]()
+            optimizer = training.make_optimizer("fusion", learning_rate=schedule)
+            schedule.attach(optimizer, setup.learning_rate * remaining / epochs, len(batches) * remaining)
+            model.compile(optimizer=optimizer, **compile_arguments(model.head))
+            timer = parts["EpochTimer"]()
+            own = [ValidationMetrics(self.task, *validation), timer]
+            if self.space.patience is not None:
+                own.append(keras.callbacks.EarlyStopping(monitor=self.objective.name,
+                                                         mode=self.objective.direction,
+                                                         patience=self.space.patience))
+            history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
+                                callbacks=own + list(callbacks or []),
+                                verbose=0 if not verbose else progress_verbosity())
+        finally:
+            if self._previous_policy is not None:
+                keras.config.set_dtype_policy(self._previous_policy)
+        scores = [float(v) for v in history.history[self.objective.name]]
+        best = int(np.argmin(scores) if self.objective.direction == "min" else np.argmax(scores))
+        out = {self.objective.name: scores[best], "val_loss": float(history.history["val_loss"][best]),
+               "best_epoch": initial_epoch + best + 1, "epochs_run": len(scores),
+               "seconds": time.perf_counter() - (self._started or time.perf_counter()),
+               "first_epoch_seconds": timer.seconds[0]}
+        if len(timer.seconds) > 1:
+            out["later_epoch_seconds"] = float(np.median(timer.seconds[1:]))
+        return out
+
+
 # ----------------------------------------------------------- lazy parts
 _PARTS = {}
-
-
-def __getattr__(name):
-    if name == "FusionHyperModel":
-        return _parts()["FusionHyperModel"]
-    raise AttributeError(f"module 'keras_adapterfusion.tuning' has no attribute {name!r}")
 
 
 def _parts():
@@ -520,7 +838,6 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
     import keras_tuner
     from keras_tuner.src.engine import tuner_utils
 
-    from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
     from keras_adapterfusion.tasks.batches import TokenBatches
 
     class ValueLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -615,226 +932,6 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
             for i, v in enumerate(weights):
                 v.assign(data[f"w{i}"])
 
-    class FusionHyperModel(keras_tuner.HyperModel):
-        """A `keras_tuner.HyperModel` for stage 2: fusion set-ups over trained adapters, on a loaded encoder.
-
-        Each trial's model runs on a copy of `encoder` that holds only the
-        trial's adapters: the copy is made from the encoder's configuration and
-        its variables are assigned the encoder's values (on JAX the very same
-        buffers), so nothing is read from disk and `encoder` itself is never
-        changed (no fusion is added to it). `build` returns the uncompiled model;
-        `fit` compiles it (AdamW, the trial's learning rate decaying linearly to
-        0), trains it with early stopping on the objective, and returns the
-        objective at the best epoch with the trial's timings.
-
-        Args:
-            encoder: a `TransformerEncoder` holding the adapters (or a checkpoint
-                path, loaded once here).
-            adapter_names: the trained adapters the search may fuse (two or more,
-                or one with `space.min_adapters=1`); they must share their slots
-                (`mh_adapter`, `output_adapter`).
-            num_labels: classes of a single-label classification target, when
-                `task` is not given.
-            space: a `FusionSearchSpace` or a dict of its fields (default: the
-                documented defaults).
-            task: the target `Task` (or registry name): its head, loss and
-                validation metric (the objective is `val_<its first metric>`).
-            seed: the search's seed: data order and each trial's initialization
-                (`trial_seed`).
-            dtype_policy: e.g. `"mixed_bfloat16"` for mixed precision (set for
-                every trial; keras-tuner clears Keras's global settings before
-                each trial).
-            distribution: a `keras.distribution.Distribution` (JAX), set for every
-                trial, e.g. `keras.distribution.DataParallel()` to train each trial
-                on all local accelerators.
-            eval_batch_size: examples per validation batch.
-            name: the hypermodel's name.
-
-        Example:
-
-        ```python
-        hypermodel = FusionHyperModel(encoder, ["movie", "news", "subj"], task="vader_tweets",
-                                      space={"presets": ["dynamic"], "batch_size": [16]})
-        tuner = search(hypermodel, train, validation, max_trials=10, directory="search")
-        ```
-        """
-
-        def __init__(self, encoder, adapter_names, num_labels=None, space=None, task=None, seed=0,
-                     dtype_policy=None, distribution=None, eval_batch_size=64, name="fusion"):
-            super().__init__(name=name, tunable=True)
-            from keras_adapterfusion.builders import resolve_encoder
-            from keras_adapterfusion.tasks import Task, get_task
-
-            self.encoder = resolve_encoder(encoder)
-            if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)) or not adapter_names:
-                raise ValueError(f"FusionHyperModel.adapter_names: got {adapter_names!r}; expected a list of "
-                                 "adapter names.")
-            names = list(adapter_names)
-            missing = [n for n in names if n not in self.encoder.adapter_configs]
-            if missing or len(set(names)) != len(names):
-                raise ValueError(f"FusionHyperModel.adapter_names: got {names}; expected distinct adapters of the "
-                                 f"encoder ({sorted(self.encoder.adapter_configs)})"
-                                 + (f"; {missing} are not there" if missing else "") + ".")
-            slots = {n: (self.encoder.adapter_configs[n].mh_adapter, self.encoder.adapter_configs[n].output_adapter)
-                     for n in names}
-            if len(set(slots.values())) > 1:
-                raise ValueError("FusionHyperModel.adapter_names: fused adapters must share mh_adapter and "
-                                 "output_adapter; got " + ", ".join(f"{n}: {s}" for n, s in slots.items()) + ".")
-            self.adapter_names = names
-            if space is None:
-                space = FusionSearchSpace()
-            elif isinstance(space, dict):
-                space = FusionSearchSpace.from_dict(space)
-            elif not isinstance(space, FusionSearchSpace):
-                raise ValueError(f"FusionHyperModel.space: got {type(space).__name__}; expected a "
-                                 "FusionSearchSpace, a dict of its fields or None.")
-            self.space = space
-            self.space.subsets(names)  # checks the subsets against the adapters now
-            if task is None:
-                if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
-                    raise ValueError(f"FusionHyperModel.num_labels: got {num_labels!r}; expected an integer >= 2 "
-                                     "(or pass task=).")
-                task = Task("target", None, "single", ("text",), tuple(str(i) for i in range(num_labels)),
-                            ("accuracy",), data={"train": ([], [])})
-            else:
-                task = get_task(task)
-                if num_labels is not None and num_labels != task.num_labels:
-                    raise ValueError(f"FusionHyperModel.num_labels: got {num_labels!r}; task {task.name!r} has "
-                                     f"{task.num_labels}.")
-            self.task = task
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-                raise ValueError(f"FusionHyperModel.seed: got {seed!r}; expected an integer from 0 to 2**32-1.")
-            self.seed = seed
-            self.dtype_policy = dtype_policy
-            self.distribution = distribution
-            self.eval_batch_size = int(eval_batch_size)
-            metric = task.metrics[0]
-            self.objective = keras_tuner.Objective(f"val_{metric}", "min" if metric == "mse" else "max")
-            self.tuner_sets_epochs = False
-            self._base_config = None
-            self._started = None
-            self._previous_policy = None
-
-        # ---------------------------------------------------------- space
-        def declare_hyperparameters(self, hp):
-            """Register the whole space in `hp` (no model is built)."""
-            self.space.declare(hp, self.adapter_names, self.tuner_sets_epochs)
-
-        def setup(self, hp):
-            """The `TrialSetUp` of `hp`'s values (registering the space in `hp`)."""
-            return self.space.declare(hp, self.adapter_names, self.tuner_sets_epochs)
-
-        # ---------------------------------------------------------- models
-        def encoder_copy(self, adapters):
-            """A new encoder like `self.encoder` with only `adapters` (no fusion), holding its values."""
-            if self._base_config is None:
-                config = self.encoder.get_config()
-                self._base_config = {k: v for k, v in config.items() if k not in ("adapters", "fusions")}
-            config = dict(self._base_config, fusions={},
-                          adapters={n: self.encoder.adapter_configs[n].to_dict() for n in adapters})
-            if self.dtype_policy is not None:
-                config["dtype"] = self.dtype_policy
-            copy = TransformerEncoder.from_config(config)
-            copy.build()
-            fusion_ids = {id(v) for key in self.encoder.fusion_specs for v in self.encoder.fusion_weights(key)}
-            source = {_relative(v.path): v for v in self.encoder.weights if id(v) not in fusion_ids}
-            for v in copy.weights:
-                original = source.get(_relative(v.path))
-                if original is None or tuple(original.shape) != tuple(v.shape):
-                    raise ValueError(f"FusionHyperModel: the encoder copy's {v.path} {tuple(v.shape)} has no "
-                                     "counterpart in the encoder; expected the same structure.")
-                # A copy of the buffer: a training step donates (frees) the buffers of the variables it updates.
-                v.assign(keras.ops.copy(original.value))
-            return copy
-
-        def build(self, hp):
-            """The uncompiled stage-2 model of one trial (fusion layers and a new head train).
-
-            Args:
-                hp: the trial's `keras_tuner.HyperParameters`.
-
-            Returns:
-                An `AdapterModel` (a fusion over the trial's adapters, or one frozen adapter).
-            """
-            from keras_adapterfusion import builders
-            from keras_adapterfusion.heads import make_head
-            from keras_adapterfusion.models import AdapterModel
-            from keras_adapterfusion.trainable import make_spec
-
-            self._started = time.perf_counter()
-            setup = self.setup(hp)
-            self._previous_policy = keras.config.dtype_policy()
-            if self.dtype_policy is not None:
-                keras.config.set_dtype_policy(self.dtype_policy)
-            if self.distribution is not None:
-                keras.distribution.set_distribution(self.distribution)
-            keras.utils.set_random_seed(trial_seed(self.seed, hp.values))
-            encoder = self.encoder_copy(setup.adapters)
-            task = self.task
-            labels = None if task.kind == "regression" else list(task.label_names)
-            head = make_head(task.head_kind, task.num_labels if task.kind != "regression" else None,
-                             label_names=labels, name="head")
-            if len(setup.adapters) == 1:
-                return AdapterModel(encoder, head, adapter_setup=setup.adapters[0], output_key="logits",
-                                    trainable_spec=make_spec(heads=True), name="fusion_trial")
-            return builders.build_fusion_model(encoder, list(setup.adapters), head=head,
-                                               fusion_config=setup.fusion_config, name="fusion_trial")
-
-        def fit(self, hp, model, train, validation, callbacks=None, epochs=None, initial_epoch=0, verbose=1,
-                **kwargs):
-            """Compile and train one trial's model; returns its objective and timings.
-
-            Args:
-                hp: the trial's hyperparameters.
-                model: what `build` returned.
-                train: `(encoded, labels)`, tokenized (`experiments.prepare`).
-                validation: `(encoded, labels)`: the objective is measured on it after every epoch.
-                callbacks: more Keras callbacks (keras-tuner's own come here).
-                epochs: the epochs (Hyperband's); default the trial's `epochs` value.
-                initial_epoch: the epoch to start from (Hyperband's continued trials).
-                verbose: 0 quiet, else Keras progress (bars on a terminal, a line per epoch otherwise).
-
-            Returns:
-                A dict: the objective (its best value over the epochs), `val_loss` at that epoch,
-                `best_epoch`, `epochs_run`, `seconds` (the trial: build, compile, training,
-                validation), `first_epoch_seconds` and, after two or more epochs,
-                `later_epoch_seconds` (the median of the others).
-            """
-            from keras_adapterfusion import training
-            from keras_adapterfusion.experiments import ValidationMetrics, progress_verbosity
-            from keras_adapterfusion.heads import compile_arguments
-
-            try:
-                setup = self.setup(hp)
-                epochs = setup.epochs if epochs is None else int(epochs)
-                batches = FullBatches(train[0], train[1], setup.batch_size, self.seed)
-                remaining = max(1, epochs - initial_epoch)
-                schedule = ValueLinearDecay()
-                optimizer = training.make_optimizer("fusion", learning_rate=schedule)
-                schedule.attach(optimizer, setup.learning_rate * remaining / epochs, len(batches) * remaining)
-                model.compile(optimizer=optimizer, **compile_arguments(model.head))
-                timer = EpochTimer()
-                own = [ValidationMetrics(self.task, *validation), timer]
-                if self.space.patience is not None:
-                    own.append(keras.callbacks.EarlyStopping(monitor=self.objective.name,
-                                                             mode=self.objective.direction,
-                                                             patience=self.space.patience))
-                history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
-                                    callbacks=own + list(callbacks or []),
-                                    verbose=0 if not verbose else progress_verbosity())
-            finally:
-                if self._previous_policy is not None:
-                    keras.config.set_dtype_policy(self._previous_policy)
-            scores = [float(v) for v in history.history[self.objective.name]]
-            best = int(np.argmin(scores) if self.objective.direction == "min" else np.argmax(scores))
-            out = {self.objective.name: scores[best], "val_loss": float(history.history["val_loss"][best]),
-                   "best_epoch": initial_epoch + best + 1, "epochs_run": len(scores),
-                   "seconds": time.perf_counter() - (self._started or time.perf_counter()),
-                   "first_epoch_seconds": timer.seconds[0]}
-            if len(timer.seconds) > 1:
-                out["later_epoch_seconds"] = float(np.median(timer.seconds[1:]))
-            return out
-
     class FusionTunerMixin:
         """What the package changes in keras-tuner's tuners (see `search`).
 
@@ -893,14 +990,19 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
                 return
             super().search(*fit_args, **fit_kwargs)
 
+    class KerasTunerFusionHyperModel(FusionHyperModel, keras_tuner.HyperModel):
+        __doc__ = FusionHyperModel.__doc__
+
+    KerasTunerFusionHyperModel.__name__ = KerasTunerFusionHyperModel.__qualname__ = "FusionHyperModel"
+    KerasTunerFusionHyperModel.__module__ = __name__
     classes = {
         "bayesian": type("FusionBayesianOptimization", (FusionTunerMixin, keras_tuner.BayesianOptimization), {}),
         "hyperband": type("FusionHyperband", (FusionTunerMixin, keras_tuner.Hyperband), {}),
         "random": type("FusionRandomSearch", (FusionTunerMixin, keras_tuner.RandomSearch), {}),
     }
-    FusionHyperModel.__module__ = __name__
-    return {"FusionHyperModel": FusionHyperModel, "tuners": classes, "FullBatches": FullBatches,
-            "ValueLinearDecay": ValueLinearDecay, "load_trained_weights": load_trained_weights}
+    return {"FusionHyperModel": KerasTunerFusionHyperModel, "tuners": classes, "FullBatches": FullBatches,
+            "ValueLinearDecay": ValueLinearDecay, "EpochTimer": EpochTimer,
+            "load_trained_weights": load_trained_weights}
 
 
 def _relative(path):
@@ -916,6 +1018,13 @@ def role():
 
     Returns:
         `"chief"`, `"worker"` or None.
+
+    Example:
+
+    ```python
+    os.environ.update(KERASTUNER_TUNER_ID="tuner0", KERASTUNER_ORACLE_IP="10.0.0.1", KERASTUNER_ORACLE_PORT="8000")
+    role()  # "worker"
+    ```
     """
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         return None
@@ -936,6 +1045,12 @@ def serve_as_chief(oracle, poll_seconds=0.2):
     Args:
         oracle: the chief's oracle.
         poll_seconds: how often to check whether the search is over.
+
+    Example:
+
+    ```python
+    serve_as_chief(tuner.oracle)  # what `search` does in the chief (KERASTUNER_TUNER_ID=chief)
+    ```
     """
     from concurrent import futures
 
@@ -1026,7 +1141,7 @@ def search(hypermodel, train, validation, tuner="bayesian", max_trials=10, direc
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ValueError(f"search: max_trials {max_trials!r}; expected an integer >= 1.")
     parts = _parts()
-    if not isinstance(hypermodel, parts["FusionHyperModel"]):
+    if not isinstance(hypermodel, FusionHyperModel):
         raise ValueError(f"search: hypermodel is a {type(hypermodel).__name__}; expected a FusionHyperModel.")
     if role() != "chief":  # the chief trains nothing, and may be started without the data
         _check_data("train", train)
@@ -1120,6 +1235,13 @@ def best_trial(tuner):
 
     Returns:
         A keras-tuner `Trial` or None.
+
+    Example:
+
+    ```python
+    best = best_trial(tuner)
+    best.score, best.hyperparameters.values
+    ```
     """
     trials = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED" and t.score is not None]
     return trials[0] if trials else None
@@ -1240,6 +1362,12 @@ def plot_trials(rows, objective, path):
 
     Returns:
         `path`.
+
+    Example:
+
+    ```python
+    plot_trials(trial_rows(tuner), tuner.oracle.objective, "trials.png")
+    ```
     """
     import matplotlib
 
