@@ -1376,7 +1376,7 @@ def plot_trials(rows, objective, path):
 
     from matplotlib.ticker import MaxNLocator
 
-    done = [(i + 1, r) for i, r in enumerate(rows) if r.get(objective.name) is not None]
+    done = [(i, r) for i, r in enumerate(rows) if r.get(objective.name) is not None]  # ids count from 0 as started
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if done:
         better = min if objective.direction == "min" else max
@@ -1392,7 +1392,7 @@ def plot_trials(rows, objective, path):
             ax.plot(*zip(*others), "^", linestyle="none", label="trial")
         ax.legend(loc="best", fontsize="small")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial (in the order started)")
+    ax.set_xlabel("trial (its id: in the order started, from 0)")
     ax.set_ylabel(objective.name)
     ax.set_title(f"{objective.name} over trials")
     ax.grid(alpha=0.3)
