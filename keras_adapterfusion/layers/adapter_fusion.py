@@ -273,6 +273,17 @@ class AdapterFusion(keras.layers.Layer):
 
         Returns:
             `(output, attention)` as `call` returns them.
+
+        Example:
+
+        ```python
+        adapters = [BottleneckAdapter(bottleneck_size=4) for _ in range(3)]
+        fusion = AdapterFusion.from_fusion_config("dynamic", dropout_prob=0.0)
+        x = keras.random.normal((2, 5, 64))
+        for layer in adapters + [fusion]:
+            layer.build(x.shape)
+        out, attention = fusion.fuse_adapters(x, x, adapters, x)   # [2, 5, 64], [2, 5, 3]
+        ```
         """
         if self.reference_form or self.residual_before or not adapter_stack.can_stack(adapters):
             ups = ops.stack([adapter(adapter_input, up_only=True) for adapter in adapters], axis=2)
@@ -288,9 +299,11 @@ class AdapterFusion(keras.layers.Layer):
         tokens = a.shape[0]
 
         def either(fn):
-            if tokens is not None:
+            if isinstance(tokens, int):
                 return fn(tokens >= threshold)
-            return ops.cond(ops.shape(a)[0] >= threshold, lambda: fn(True), lambda: fn(False))
+            if tokens is None:  # a dynamic shape (a TensorFlow graph): decided at run time
+                return ops.cond(ops.shape(a)[0] >= threshold, lambda: fn(True), lambda: fn(False))
+            return fn(False)  # a symbolic dimension (JAX's shape inference): both give the same shapes
 
         scores, down = either(lambda fold: self._stacked_scores(a, q, weights, fold))
         probs = ops.cast(self._probabilities(scores, training), dtype)

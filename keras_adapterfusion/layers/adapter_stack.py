@@ -21,6 +21,19 @@ def can_stack(adapters):
 
     They can unless one normalizes its input (`ln_before`, a LayerNorm per
     adapter) or their activations differ.
+
+    Args:
+        adapters: a list of `BottleneckAdapter` layers.
+
+    Returns:
+        A bool.
+
+    Example:
+
+    ```python
+    can_stack([BottleneckAdapter(24), BottleneckAdapter(48)])                      # True
+    can_stack([BottleneckAdapter(24), BottleneckAdapter(24, non_linearity="swish")])  # False
+    ```
     """
     return (
         len(adapters) > 0
@@ -30,7 +43,20 @@ def can_stack(adapters):
 
 
 def selector(adapters):
-    """The `[S, N]` 0/1 matrix: unit j of the stacked bottleneck belongs to adapter n."""
+    """The `[S, N]` 0/1 matrix: unit j of the stacked bottleneck belongs to adapter n.
+
+    Args:
+        adapters: a list of `BottleneckAdapter` layers.
+
+    Returns:
+        A float32 NumPy array `[S, N]`.
+
+    Example:
+
+    ```python
+    selector([BottleneckAdapter(2), BottleneckAdapter(1)])   # [[1, 0], [1, 0], [0, 1]]
+    ```
+    """
     sizes = [a.bottleneck_size for a in adapters]
     out = np.zeros((sum(sizes), len(sizes)), dtype="float32")
     start = 0
@@ -51,6 +77,16 @@ def stacked_weights(adapters, dtype):
         A dict: `down_kernel` `[H, S]`, `down_bias` `[S]`, `up_kernel` `[S, H]`,
         `up_bias` `[N, H]`, `selector` `[S, N]`, and `activation`, the shared
         activation function. `S` is the sum of the bottleneck sizes.
+
+    Example:
+
+    ```python
+    adapters = [BottleneckAdapter(4), BottleneckAdapter(8)]
+    for a in adapters:
+        a.build((None, 64))
+    w = stacked_weights(adapters, "float32")
+    w["down_kernel"].shape, w["up_kernel"].shape, w["up_bias"].shape   # (64, 12), (12, 64), (2, 64)
+    ```
     """
     up_kernels, up_biases = [], []
     for adapter in adapters:
