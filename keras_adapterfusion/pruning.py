@@ -1,0 +1,241 @@
+"""Prune what fusion does not use, and drop adapters from the lower blocks (AdapterDrop).
+
+AdapterFusion often gives most of its attention to one or two of its adapters. AdapterDrop
+(Rücklé et al., 2021) makes inference cheaper in two ways, both offered here:
+
+- `prune_fusion(model, data, keep=k)`: keep the k adapters with the highest mean fusion
+  attention on `data` (`adapter_importance`), and fuse only those. The fusion's Q, K and V do
+  not depend on how many adapters it fuses, so the pruned model is exactly the model built
+  with only the kept adapters, its fusion and head holding the same weights.
+- `drop_adapters(model, blocks=n)`: the first n blocks run no adapter (and no fusion): their
+  adapters are left out (`AdapterConfig.leave_out`), so those blocks compute what the plain
+  encoder computes there.
+
+Both return a new `AdapterModel` on a new encoder that holds only what the model runs (the
+dropped adapters' weights are not copied), so it saves (`.keras`, native and AdapterHub
+formats) and exports like any other model; the original model is left as it was. The two
+compose: `drop_adapters(prune_fusion(model, data, keep=2), blocks=2)`.
+
+Example:
+
+```python
+from keras_adapterfusion import pruning
+
+print(pruning.adapter_importance(fusion_model, validation_x))   # {"sentiment": 0.61, "nli": 0.07, ...}
+small = pruning.prune_fusion(fusion_model, validation_x, keep=2)
+faster = pruning.drop_adapters(small, blocks=3)
+faster.save("pruned.keras")
+```
+
+References:
+    - [Rücklé et al., 2021, AdapterDrop](https://arxiv.org/abs/2010.11918)
+"""
+
+import dataclasses
+
+import numpy as np
+
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup
+
+
+def _adapter_model(model, what):
+    from keras_adapterfusion.models import AdapterModel
+
+    if not isinstance(model, AdapterModel):
+        raise ValueError(f"{what}: got {type(model).__name__}; expected an AdapterModel (MultiTaskModel routes "
+                         "examples per row and is not supported).")
+    return model
+
+
+def _fusion_model(model, what):
+    _adapter_model(model, what)
+    setup = model.adapter_setup
+    if setup is None or setup.kind != "fuse":
+        raise ValueError(f"{what}: model {model.name!r} runs adapter setup {str(setup)!r}; expected a fusion.")
+    return setup
+
+
+def adapter_importance(model, data, steps=None, batch_size=64):
+    """Mean fusion attention of each fused adapter on `data`, the ranking `prune_fusion` uses.
+
+    The attention is averaged over the real tokens of `data` (see
+    `analysis.collect_fusion_attentions`), then over the blocks (and the two slots, for
+    adapters in both) where the fusion runs; blocks whose adapters are all left out do not
+    count.
+
+    Args:
+        model: an `AdapterModel` whose `adapter_setup` is a fusion.
+        data: inputs as `analysis.collect_fusion_attentions` takes them: a dict of arrays,
+            `(x, y)` arrays, or batches (a `tf.data.Dataset`, a `PyDataset`, a list).
+        steps: use at most this many batches.
+        batch_size: batch size for arrays.
+
+    Returns:
+        A dict adapter name -> mean attention, in the fusion's order; the values sum to 1.
+
+    Example:
+
+    ```python
+    adapter_importance(model, {"input_ids": ids, "attention_mask": mask})
+    # {"vader_movie": 0.12, "subjectivity": 0.03, "bbc_topic": 0.02, "target": 0.83}
+    ```
+    """
+    from keras_adapterfusion.analysis import collect_fusion_attentions
+
+    setup = _fusion_model(model, "adapter_importance")
+    config = model.encoder.adapter_configs[setup.adapters[-1]]
+    rows = []
+    for slot, present in (("mh", config.mh_adapter), ("output", config.output_adapter)):
+        if present:
+            mean = collect_fusion_attentions(model, data, steps=steps, slot=slot, verbose=0, batch_size=batch_size)
+            rows.extend(r for r in mean if r.sum() > 0)  # blocks where the fusion ran
+    if not rows:
+        raise ValueError(f"adapter_importance: the fusion of model {model.name!r} runs in no block.")
+    scores = np.mean(np.stack(rows), axis=0)
+    return {name: float(v) for name, v in zip(setup.adapters, scores)}
+
+
+def prune_fusion(model, data, keep, steps=None, batch_size=64, name=None):
+    """A model that fuses only the `keep` adapters with the highest mean fusion attention on `data`.
+
+    The fusion's query, key and value projections do not depend on the number of fused
+    adapters, so the pruned model is the model built with only the kept adapters (in the
+    fusion's order), a fusion over them with the original fusion's weights, and the same
+    head: the same function as the original model would be with the other adapters removed.
+    It is a new model on a new encoder holding only what it runs; `model` is not changed.
+
+    Args:
+        model: an `AdapterModel` whose `adapter_setup` is a fusion.
+        data: data to rank the adapters on (see `adapter_importance`); use held-out data of
+            the target task.
+        keep: how many adapters to keep, from 2 to the number fused (a fusion needs two; for one
+            adapter, use that adapter's own model).
+        steps: rank on at most this many batches.
+        batch_size: batch size for arrays.
+        name: the new model's name (default: the model's name with `_pruned`).
+
+    Returns:
+        A new `AdapterModel`. Its `pruning` attribute records `kept`, `dropped` and the
+        `importance` of every adapter.
+
+    Example:
+
+    ```python
+    pruned = prune_fusion(fusion_model, validation_x, keep=2)
+    pruned.pruning["kept"]          # e.g. ["vader_movie", "vader_tweets"]
+    pruned.predict(test_x)
+    ```
+    """
+    setup = _fusion_model(model, "prune_fusion")
+    n = len(setup.adapters)
+    if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 2 <= keep <= n:
+        raise ValueError(f"prune_fusion.keep: got {keep!r}; expected an int from 2 to {n} (the number of fused "
+                         "adapters; a fusion needs two, for one adapter use its own model).")
+    importance = adapter_importance(model, data, steps=steps, batch_size=batch_size)
+    order = sorted(range(n), key=lambda i: (-importance[setup.adapters[i]], i))  # ties: the fusion's order
+    chosen = sorted(order[:keep])
+    kept = [setup.adapters[i] for i in chosen]
+    pruned = _rebuild(model, kept, drop_blocks=0, name=name or f"{model.name}_pruned")
+    pruned.pruning = {"kept": kept, "dropped": [a for a in setup.adapters if a not in kept],
+                      "importance": importance}
+    return pruned
+
+
+def drop_adapters(model, blocks, name=None):
+    """AdapterDrop at inference: a model whose first `blocks` blocks run no adapter and no fusion.
+
+    In those blocks the adapters are left out (added to each adapter's
+    `AdapterConfig.leave_out`), so the blocks compute exactly what the plain encoder computes
+    there, and the new encoder holds no adapter weights for them. Works for a single adapter
+    and for a fusion (where the fusion's attention is reported as zeros for dropped blocks, as
+    for any block without adapters). It is a new model on a new encoder; `model` is not changed.
+
+    Args:
+        model: an `AdapterModel` running one adapter or a fusion.
+        blocks: drop adapters from blocks `0 .. blocks - 1`; an int from 0 to the number of blocks.
+        name: the new model's name (default: the model's name with `_drop{blocks}`).
+
+    Returns:
+        A new `AdapterModel`. Its `pruning` attribute records `dropped_blocks` (and what
+        `prune_fusion` recorded, when `model` came from it).
+
+    Example:
+
+    ```python
+    faster = drop_adapters(fusion_model, blocks=3)    # blocks 0, 1, 2 run the plain encoder
+    ```
+    """
+    _adapter_model(model, "drop_adapters")
+    setup = model.adapter_setup
+    if setup is None or setup.kind not in ("single", "fuse"):
+        raise ValueError(f"drop_adapters: model {model.name!r} runs adapter setup {str(setup)!r}; expected one "
+                         "adapter or a fusion.")
+    layers = model.encoder.num_layers
+    if isinstance(blocks, bool) or not isinstance(blocks, (int, np.integer)) or not 0 <= blocks <= layers:
+        raise ValueError(f"drop_adapters.blocks: got {blocks!r}; expected an int from 0 to {layers} (the number "
+                         "of blocks).")
+    dropped = _rebuild(model, list(setup.adapters), drop_blocks=int(blocks), name=name or f"{model.name}_drop{blocks}")
+    dropped.pruning = {**getattr(model, "pruning", {}), "dropped_blocks": int(blocks)}
+    return dropped
+
+
+def _rebuild(model, adapters, drop_blocks, name):
+    """A new AdapterModel on a new encoder holding the base, `adapters` (left out of the first
+    `drop_blocks` blocks), the model's fusion over them (when it fuses) and a copy of its head."""
+    import keras
+
+    from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
+    from keras_adapterfusion.models import AdapterModel
+    from keras_adapterfusion.trainable import make_spec
+
+    encoder = model.encoder
+    setup = model.adapter_setup
+    drop = set(range(drop_blocks))
+    configs = {}
+    for a in adapters:
+        config = encoder.adapter_configs[a]
+        configs[a] = dataclasses.replace(config, leave_out=sorted(set(config.leave_out) | drop)).to_dict()
+    new_setup = AdapterSetup.single(adapters[0]) if setup.kind == "single" else AdapterSetup.fuse(
+        adapters, setup.fusion_name)
+    fusions = {}
+    if setup.kind == "fuse":
+        spec = encoder.fusion_specs[setup.fusion_key]
+        fusions[new_setup.fusion_key] = {"adapters": list(adapters), "config": spec["config"].to_dict(),
+                                         "name": setup.fusion_name}
+    config = encoder.get_config()
+    config.update(adapters=configs, fusions=fusions)
+    new_encoder = TransformerEncoder.from_config(config)
+    new_encoder.build()
+
+    def copy(source, target):
+        values = source.get_weights()
+        if [v.shape for v in values] != [tuple(w.shape) for w in target.weights]:
+            raise ValueError(f"pruning: cannot copy {source.name!r}: its weights do not match the new layer's.")
+        target.set_weights(values)
+
+    copy(encoder.embeddings, new_encoder.embeddings)
+    if encoder.use_pooler:
+        copy(encoder.pooler, new_encoder.pooler)
+    for old, new in zip(encoder.blocks, new_encoder.blocks):
+        for source, target in zip(old.base_layers(), new.base_layers()):
+            copy(source, target)
+        for a in adapters:
+            for slot, target in new.adapter_layers(a).items():
+                copy(old.adapter_layers(a)[slot], target)
+        if setup.kind == "fuse":
+            for slot, target in new.fusion_layers(new_setup.fusion_key).items():
+                copy(old.fusion_layers(setup.fusion_key)[slot], target)
+    head = None
+    if model.head is not None:
+        head = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model.head))
+    spec = model.trainable_spec
+    if spec is not None:
+        spec = make_spec(encoder=spec["encoder"], pooler=spec["pooler"],
+                         adapters=[a for a in spec["adapters"] if a in adapters],
+                         fusions=[new_setup.fusion_key] if spec["fusions"] and setup.kind == "fuse" else (),
+                         heads=spec["heads"])
+    pruned = AdapterModel(new_encoder, head, adapter_setup=new_setup, output_hidden_states=model.output_hidden_states,
+                          output_key=model.output_key, trainable_spec=spec, name=name)
+    if head is not None:
+        copy(model.head, head)
+    return pruned
