@@ -178,6 +178,14 @@ def test_each_trial_model_runs_on_its_own_copy_of_the_encoder():
             np.testing.assert_array_equal(copied[path], value)
     assert encoder.fusion_specs == {} and list(encoder.adapter_configs) == ["a", "b", "c"]
     assert snapshot(encoder).keys() == before.keys()
+    # Validation predictions are made in whole batches of one shape (70 examples: 3 batches of 32, the last
+    # topped up); the padding rows do not change the results.
+    from keras_adapterfusion.experiments import predict_logits
+
+    encoded, _ = token_data(70, 2)
+    batched, whole = predict_logits(full, encoded, 32), predict_logits(full, encoded, 128)
+    assert batched.shape == whole.shape == (70, 2)
+    np.testing.assert_allclose(batched, whole, atol=1e-5)
 
 
 @pytest.mark.slow
