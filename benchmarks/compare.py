@@ -13,6 +13,7 @@ Usage (from the repository root; `make bench` runs the first line):
     python3 benchmarks/compare.py --scenarios infer_fusion,train_fusion --seqs 64,128,256,512
     python3 benchmarks/compare.py --scenarios infer_fusion,train_fusion --adapter-counts 2,4,8,16
     python3 benchmarks/compare.py --memory --scenarios train_fusion
+    python3 benchmarks/compare.py --overhead infer_fusion/infer_base   # both scenarios of each side in turns
     python3 benchmarks/compare.py --variant xla="--jit on" --scenarios infer_base   # extra workers of ours
     python3 benchmarks/compare.py --before /tmp/before --no-reference       # against an older checkout
 
@@ -28,6 +29,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,7 +85,7 @@ def load_average():
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def make_workers(args, log):
+def make_workers(args, log, start=True):
     backend_env = {"KERAS_BACKEND": args.backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
     ours = [args.ours_python, os.path.join(HERE, "bench.py"), "--serve"]
     if args.threads:
@@ -101,6 +103,8 @@ def make_workers(args, log):
         if args.threads:
             peer += ["--threads", str(args.threads)]
         workers.append((REFERENCE, peer, {}))
+    if not start:
+        return workers
     return [Worker(name, command, env, log) for name, command, env in workers]
 
 
@@ -111,12 +115,14 @@ def workloads(args):
         yield {"scenario": scenario, "model": args.model, "batch": args.batch, "seq": seq, "adapters": adapters}
 
 
-def time_workload(workers, spec, args, emit):
-    """Set every worker up for `spec`, time them in turns; returns {worker name: row}."""
+def time_workload(workers, spec, args, emit, specs=None):
+    """Set every worker up for `spec` (or its own in `specs`, by name), time them in turns;
+    returns {worker name: row}."""
     load_before = load_average()
+    specs = specs or {}
     rows = {}
     for w in workers:
-        answer = w.ask({"op": "setup", **spec})
+        answer = w.ask({"op": "setup", **specs.get(w.name, spec)})
         if "error" in answer:
             print(f"  {w.name}: {spec['scenario']} failed: {answer['error']}", file=sys.stderr, flush=True)
             continue
@@ -136,10 +142,11 @@ def time_workload(workers, spec, args, emit):
     out = {}
     for name, row in rows.items():
         info = row["answer"]
-        line = {"kind": "timing", "worker": name, "impl": info.get("impl", name), **spec,
-                "n_adapters": spec["adapters"] if spec["scenario"].endswith("fusion") else None,
+        own = specs.get(name, spec)
+        line = {"kind": "timing", "worker": name, "impl": info.get("impl", name), **own,
+                "n_adapters": own["adapters"] if own["scenario"].endswith("fusion") else None,
                 **summary(row["ms"]), "cpu_ms_median": round(statistics.median(row["cpu_ms"]), 2),
-                "ex_per_s": round(spec["batch"] / statistics.median(row["ms"]) * 1000, 2),
+                "ex_per_s": round(own["batch"] / statistics.median(row["ms"]) * 1000, 2),
                 "trainable_params": info.get("trainable_params"), "steps": len(row["ms"]),
                 "rounds": args.rounds, "round_medians": [round(v, 2) for v in row["rounds"]],
                 "threads": args.threads, "load_before": load_before, "load_after": load_after,
@@ -164,10 +171,47 @@ def time_workload(workers, spec, args, emit):
     return out
 
 
+def overhead_run(args, log, emit):
+    """`--overhead A/B`: scenario A against scenario B of each implementation, all four timed in turns.
+
+    Cost ratios between two scenarios (e.g. fusion inference against the plain encoder) drift with the
+    machine's load when the scenarios run one after the other; here every round runs each of them once.
+    """
+    first, second = args.overhead.split("/")
+    workers, specs = [], {}
+    for name, command, env in make_workers(args, log, start=False):
+        for scenario in (first, second):
+            label = f"{name}:{scenario}"
+            workers.append(Worker(label, command, env, log))
+            specs[label] = {"scenario": scenario, "model": args.model, "batch": args.batch, "seq": args.seqs[0],
+                            "adapters": args.adapter_counts[0]}
+    try:
+        rows = time_workload(workers, None, args, emit, specs=specs)
+    finally:
+        for w in workers:
+            w.close()
+    lines = [f"| implementation | {first} ms | {second} ms | {first} / {second} (per-round range) |",
+             "|---|---|---|---|"]
+    for name in dict.fromkeys(label.split(":")[0] for label in rows):
+        a, b = rows.get(f"{name}:{first}"), rows.get(f"{name}:{second}")
+        if a is None or b is None:
+            continue
+        per_round = [x / y for x, y in zip(a["round_medians"], b["round_medians"])]
+        ratio = a["ms_median"] / b["ms_median"]
+        emit({"kind": "overhead", "worker": name, "scenarios": [first, second], "ratio": round(ratio, 3),
+              "round_ratio_min": round(min(per_round), 3), "round_ratio_max": round(max(per_round), 3),
+              "load_before": a["load_before"], "load_after": a["load_after"]})
+        lines.append(f"| {name} | {a['ms_median']:.0f} | {b['ms_median']:.0f} | **{ratio:.2f}** "
+                     f"({min(per_round):.2f}–{max(per_round):.2f}) |")
+    return "\n".join(lines)
+
+
 def memory_runs(args, log, emit):
     """Peak RSS of each implementation, a fresh process per workload (ru_maxrss only grows)."""
+    commands = make_workers(args, log, start=False)
     for spec in workloads(args):
-        for w in make_workers(args, log):
+        for name, command, env in commands:
+            w = Worker(name, command, env, log)  # a fresh process per run: ru_maxrss never goes down
             try:
                 before = w.ask({"op": "rss"})
                 answer = w.ask({"op": "setup", **spec})
@@ -189,22 +233,51 @@ def memory_runs(args, log, emit):
 
 
 def markdown(results, workers):
+    """The side-by-side table (and, for the issue's scenarios, the targets) as markdown."""
     names = [w for w in workers if w != REFERENCE]
+    has_ref = REFERENCE in workers
     head = "| scenario | seq | N | " + " | ".join(f"{n} ms (p25–p75)" for n in names)
-    head += " | reference ms (p25–p75) | " + " | ".join(f"{n} / reference (per-round range)" for n in names) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(names) + 1)]
+    if has_ref:
+        head += " | reference ms (p25–p75) | " + " | ".join(f"{n} / reference (per-round range)" for n in names)
+    lines = [head + " |", "|" + "---|" * (3 + len(names) + (1 + len(names) if has_ref else 0))]
     for spec, rows in results:
         cells = [spec["scenario"], str(spec["seq"]), str(spec["adapters"]) if spec["scenario"].endswith("fusion")
                  else "–"]
-        for n in names + [REFERENCE]:
+        for n in names + ([REFERENCE] if has_ref else []):
             r = rows.get(n)
             cells.append("failed" if r is None else f"{r['ms_median']:.0f} ({r['ms_p25']:.0f}–{r['ms_p75']:.0f})")
-        for n in names:
-            r = rows.get(n)
-            cells.append("–" if r is None or "ratio" not in r else
-                         f"**{r['ratio']:.2f}** ({r['round_ratio_min']:.2f}–{r['round_ratio_max']:.2f})")
+        if has_ref:
+            for n in names:
+                r = rows.get(n)
+                cells.append("–" if r is None or "ratio" not in r else
+                             f"**{r['ratio']:.2f}** ({r['round_ratio_min']:.2f}–{r['round_ratio_max']:.2f})")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + targets(results)
+
+
+def targets(results, worker=OURS):
+    """Issue 12's CPU targets, checked on the medians of this run."""
+    rows = {spec["scenario"]: r for spec, r in results if spec["seq"] == 128 and spec["adapters"] == 8}
+    if REFERENCE not in next(iter(rows.values()), {}):
+        return ""
+
+    def mark(ok):
+        return "met" if ok else "**not met**"
+
+    out = ["", "", "Targets (medians of this run):", ""]
+    for scenario, r in rows.items():
+        if worker in r and "ratio" in r[worker]:
+            goal = 0.5 if scenario in ("train_fusion", "infer_fusion") else 1.0
+            out.append(f"- {scenario}: {r[worker]['ratio']:.2f}× the reference (target ≤ {goal}): "
+                       f"{mark(r[worker]['ratio'] <= goal)}")
+    if "infer_base" in rows and "infer_fusion" in rows and worker in rows["infer_base"]:
+        ours = rows["infer_fusion"][worker]["ms_median"] / rows["infer_base"][worker]["ms_median"]
+        line = f"- infer_fusion / infer_base: {ours:.2f} (target ≤ 1.35): {mark(ours <= 1.35)}"
+        if REFERENCE in rows["infer_base"] and REFERENCE in rows["infer_fusion"]:
+            ref = rows["infer_fusion"][REFERENCE]["ms_median"] / rows["infer_base"][REFERENCE]["ms_median"]
+            line += f"; the reference's own: {ref:.2f}"
+        out.append(line)
+    return "\n".join(out)
 
 
 def main():
@@ -230,15 +303,22 @@ def main():
     parser.add_argument("--peer-bench", default=os.path.join(ROOT, "..", "shared", "bench", "peer_bench.py"))
     parser.add_argument("--no-reference", action="store_true", help="time only this package's workers")
     parser.add_argument("--memory", action="store_true", help="measure peak RSS instead of time")
-    parser.add_argument("--out", default=None, help="JSON lines file to append to")
+    parser.add_argument("--overhead", default=None, metavar="A/B",
+                        help="time scenario A against scenario B of each implementation, all in turns "
+                             "(e.g. infer_fusion/infer_base)")
+    parser.add_argument("--out", default=None, help="JSON lines file to write (see --append)")
+    parser.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     parser.add_argument("--table", default=None, help="also write the markdown table here")
-    parser.add_argument("--log", default=os.path.join(HERE, "results", "workers.log"),
+    parser.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "keras_adapterfusion_bench_workers.log"),
                         help="where the workers' own output goes")
     args = parser.parse_args()
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for s in args.scenarios:
         if s not in SCENARIOS:
             parser.error(f"--scenarios: unknown {s!r}; expected from {list(SCENARIOS)}")
+    if args.overhead and (args.overhead.count("/") != 1 or any(
+            s not in SCENARIOS for s in args.overhead.split("/"))):
+        parser.error(f"--overhead: got {args.overhead!r}; expected A/B with A and B from {list(SCENARIOS)}")
     args.seqs = [int(v) for v in args.seqs.split(",")]
     args.adapter_counts = [int(v) for v in args.adapter_counts.split(",")]
     for path, what in ((args.ours_python, "--ours-python"), (args.peer_python, "--peer-python"),
@@ -248,7 +328,9 @@ def main():
         parser.error(f"{what}: {path} does not exist (see benchmarks/README.md for the reference's venv)")
     os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
     log = open(args.log, "a")
-    out = open(args.out, "a") if args.out else None
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    out = open(args.out, "a" if args.append else "w") if args.out else None
     run_info = {"kind": "run", "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host_cpus": os.cpu_count(),
                 "cpu": platform.processor() or platform.machine(), "argv": sys.argv[1:], "load": load_average()}
 
@@ -261,6 +343,16 @@ def main():
     print(f"load average {run_info['load']} on {os.cpu_count()} CPUs", flush=True)
     if args.memory:
         memory_runs(args, log, emit)
+        return
+    if args.overhead:
+        table = overhead_run(args, log, emit)
+        footer = (f"\n\n{args.rounds} rounds × {args.steps} timed steps per worker, in turns; batch {args.batch}, "
+                  f"seq {args.seqs[0]}, {args.adapter_counts[0]} adapters, {args.model}, {args.threads} threads; "
+                  f"load average {run_info['load']} at the start, {load_average()} at the end.\n")
+        print(table + footer)
+        if args.table:
+            with open(args.table, "w") as f:
+                f.write(table + footer)
         return
     workers = make_workers(args, log)
     results = []
