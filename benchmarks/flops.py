@@ -6,11 +6,13 @@ GELU, dropout) is left out, as MFU figures usually do. A training step is counte
 gradient, so `train_*` figures other than `train_full` overstate the work; MFU is reported for
 `train_full` only.
 
-    python3 benchmarks/flops.py --model minilm --batch 16 --seq 128 --ms 1000 --peak-gflops 166
+    python3 benchmarks/flops.py --model minilm --batch 16 --seq 128 --ms 1005 --peak-gflops 237
 
-Peak for the 2-core development machine (AMD EPYC, Zen 4, 2.6 GHz as /proc/cpuinfo reports it): each core
-issues two 256-bit FMAs a cycle (AVX-512 runs as two halves), 16 float32 FMAs = 32 FLOPs a cycle, so
-2 x 32 x 2.6e9 = 166 GFLOP/s. With a higher boost clock the true peak is higher and the MFU lower.
+Peak of the 2-core development machine (AMD EPYC, Zen 4; /proc/cpuinfo reports 2.6 GHz): each core issues two
+256-bit FMAs a cycle (AVX-512 runs as two halves), 16 float32 FMAs = 32 FLOPs a cycle. At 2.6 GHz that is
+166 GFLOP/s for 2 cores, but one 2048x2048x2048 float32 product runs at 200-210 GFLOP/s there (TensorFlow,
+oneDNN, 2 threads; PyTorch: 166-185), so the cores boost above it; at Zen 4's 3.7 GHz maximum boost the peak
+is 2 x 32 x 3.7e9 = 237 GFLOP/s, the figure docs/performance.md divides by.
 """
 
 import argparse

@@ -1,6 +1,7 @@
 """Plots and tables from compare.py's JSON lines: how cost grows with the sequence and the adapter count.
 
-    python3 benchmarks/plots.py benchmarks/results/cpu2_scaling.jsonl --out-dir docs
+    python3 benchmarks/plots.py --seq-sweep benchmarks/results/cpu2_scaling_seq.jsonl \
+        --adapter-sweep benchmarks/results/cpu2_scaling_adapters.jsonl --batch 8 --out-dir docs
 
 writes `scaling_seq.png` (time per step against the sequence length) and `scaling_adapters.png` (against
 the number of fused adapters), each with this package and the reference, and the ratio below; and prints
@@ -94,22 +95,31 @@ def table(rows, key, scenarios, fixed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="compare.py --out files")
+    parser.add_argument("--seq-sweep", nargs="+", default=[], help="compare.py --out files of the sequence sweep")
+    parser.add_argument("--adapter-sweep", nargs="+", default=[], help="... of the adapter-count sweep")
     parser.add_argument("--out-dir", default="docs")
     parser.add_argument("--adapters", type=int, default=8, help="the adapter count of the sequence sweep")
     parser.add_argument("--seq", type=int, default=128, help="the sequence length of the adapter sweep")
     parser.add_argument("--batch", type=int, default=None, help="only rows of this batch size")
     args = parser.parse_args()
-    rows = [r for r in read(args.files) if args.batch is None or r["batch"] == args.batch]
-    seq_scenarios = ["infer_base", "infer_fusion", "train_fusion"]
-    seq_rows = [r for r in rows if r["n_adapters"] in (None, args.adapters)]
-    path = plot(seq_rows, "seq", seq_scenarios, {}, os.path.join(args.out_dir, "scaling_seq.png"),
-                "sequence length (tokens)", f"Cost against sequence length (fusion over {args.adapters} adapters)")
-    print(f"## sequence ({path})\n\n" + table(seq_rows, "seq", seq_scenarios, {}))
-    fusion = ["infer_fusion", "train_fusion"]
-    path = plot(rows, "n_adapters", fusion, {"seq": args.seq}, os.path.join(args.out_dir, "scaling_adapters.png"),
-                "fused adapters", f"Cost against the number of fused adapters (sequence {args.seq})")
-    print(f"\n## adapters ({path})\n\n" + table(rows, "n_adapters", fusion, {"seq": args.seq}))
+    if not args.seq_sweep and not args.adapter_sweep:
+        parser.error("pass --seq-sweep and/or --adapter-sweep files")
+
+    def rows_of(files):
+        return [r for r in read(files) if args.batch is None or r["batch"] == args.batch]
+
+    if args.seq_sweep:
+        seq_scenarios = ["infer_base", "infer_fusion", "train_fusion"]
+        rows = [r for r in rows_of(args.seq_sweep) if r["n_adapters"] in (None, args.adapters)]
+        path = plot(rows, "seq", seq_scenarios, {}, os.path.join(args.out_dir, "scaling_seq.png"),
+                    "sequence length (tokens)", f"Cost against sequence length (fusion over {args.adapters} adapters)")
+        print(f"## sequence ({path})\n\n" + table(rows, "seq", seq_scenarios, {}))
+    if args.adapter_sweep:
+        fusion = ["infer_fusion", "train_fusion"]
+        rows = rows_of(args.adapter_sweep)
+        path = plot(rows, "n_adapters", fusion, {"seq": args.seq}, os.path.join(args.out_dir, "scaling_adapters.png"),
+                    "fused adapters", f"Cost against the number of fused adapters (sequence {args.seq})")
+        print(f"\n## adapters ({path})\n\n" + table(rows, "n_adapters", fusion, {"seq": args.seq}))
 
 
 if __name__ == "__main__":
