@@ -12,8 +12,10 @@ offline tasks and encoder (`keras_adapterfusion.demo`'s sources and target), for
   that it is seen as often as in the other set-ups), evaluated through the target's adapter and head;
 - `fusion_st_a`: fusion over the source adapters (trained once, alone) and the target's ST-A adapter;
 - `fusion_mt_a`: fusion over the MT-A adapters;
-- `fusion_tuned` (when a fusion config is given, e.g. `tune`'s `best_fusion_config.json`): `fusion_st_a`
-  with that config.
+- `fusion_tuned` (when a tuned set-up is given): `fusion_st_a` with the set-up `keras-adapterfusion tune`
+  found. Give it `tune`'s `best_trial.json` (the fusion config, the learning rate and the source adapters the
+  search chose; the target's ST-A adapter is always fused too, as in `fusion_st_a`) or a bare fusion config
+  such as `best_fusion_config.json` (then `fusion_st_a`'s learning rate and all the sources are used).
 
 Every finished run is appended to `runs.jsonl` in the output directory at once, so an interrupted curve
 continues where it stopped when run again with the same arguments; `results.json`, `learning_curve.md` and
@@ -71,6 +73,48 @@ class CurveConfig:
         return max(self.min_epochs, math.ceil(self.min_steps / batches))
 
 
+def tuned_setup(tuned_fusion, config=CurveConfig()):
+    """The `fusion_tuned` set-up: dict with `fusion_config`, `learning_rate` and `adapters` (source names).
+
+    `tuned_fusion` is `tune`'s `best_trial.json` (a path or its dict: its `fusion_config`, its
+    `values.learning_rate` and its `adapters` are used), or a fusion config (a preset name, a dict, or the
+    path of a JSON file such as `best_fusion_config.json`: then `fusion_st_a`'s learning rate and all of
+    `config.sources`). Raises `ValueError` naming the field for anything else.
+    """
+    where = "tuned_fusion"
+    if isinstance(tuned_fusion, str) and tuned_fusion.endswith(".json"):
+        if not os.path.isfile(tuned_fusion):
+            raise ValueError(f"tuned_fusion: {tuned_fusion!r} is not a file; expected a best_trial.json or a "
+                             "fusion config JSON file")
+        where = tuned_fusion
+        with open(tuned_fusion) as f:
+            try:
+                tuned_fusion = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e})") from None
+    setup = {"fusion_config": tuned_fusion, "learning_rate": config.learning_rates["fusion_st_a"],
+             "adapters": list(config.sources)}
+    if isinstance(tuned_fusion, dict) and "fusion_config" in tuned_fusion:
+        setup["fusion_config"] = tuned_fusion["fusion_config"]
+        rate = tuned_fusion.get("values", {}).get("learning_rate", setup["learning_rate"])
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1:
+            raise ValueError(f"{where}: values.learning_rate is {rate!r}; expected a number in (0, 1)")
+        setup["learning_rate"] = float(rate)
+        adapters = tuned_fusion.get("adapters", setup["adapters"])
+        unknown = [a for a in adapters if a not in config.sources] if isinstance(adapters, list) else adapters
+        if not isinstance(adapters, list) or not adapters or unknown:
+            raise ValueError(f"{where}: adapters is {adapters!r}; expected a non-empty list of the curve's "
+                             f"sources {list(config.sources)}")
+        setup["adapters"] = list(adapters)
+    from keras_adapterfusion.configs import FusionConfig
+
+    try:
+        FusionConfig.get(setup["fusion_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: fusion_config is not a fusion config ({e})") from None
+    return setup
+
+
 def _log(message):
     print(f"[curve {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -110,7 +154,8 @@ def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_
         config: a `CurveConfig`.
         setups: which set-ups to run (names from `SETUPS`).
         encoder_path: checkpoint directory; default the offline MiniLM.
-        tuned_fusion: a fusion config (dict, preset name, or path of a JSON file such as `tune`'s
+        tuned_fusion: the tuned set-up for `fusion_tuned` (see `tuned_setup`): `tune`'s `best_trial.json`
+            (a path or its dict), or a fusion config (dict, preset name, or path of a JSON file such as
             `best_fusion_config.json`); needed for `fusion_tuned`.
         data_dir: TFDS data directory for the offline tasks.
 
@@ -129,16 +174,15 @@ def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_
     if unknown:
         raise ValueError(f"setups: unknown {unknown}; expected names from {list(SETUPS)}")
     if "fusion_tuned" in setups and tuned_fusion is None:
-        raise ValueError("setups: 'fusion_tuned' needs tuned_fusion (a fusion config or its JSON file)")
-    if isinstance(tuned_fusion, str) and os.path.isfile(tuned_fusion):
-        with open(tuned_fusion) as f:
-            tuned_fusion = json.load(f)
+        raise ValueError("setups: 'fusion_tuned' needs tuned_fusion (tune's best_trial.json, or a fusion "
+                         "config or its JSON file)")
+    cfg = config
+    tuned = tuned_setup(tuned_fusion, cfg) if "fusion_tuned" in setups else None
     encoder_path = encoder_path or DEFAULT_ENCODER
     os.makedirs(output_dir, exist_ok=True)
     runs_path = os.path.join(output_dir, "runs.jsonl")
     done = {(r["setup"], r["size"], r["seed"]) for r in _read_runs(runs_path)}
     tokenizer = load_tokenizer(encoder_path)
-    cfg = config
 
     def load_enc():
         return load_encoder(encoder_path, hidden_dropout=0.1, attention_dropout=0.1)
@@ -205,12 +249,15 @@ def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_
                     record("st_a", size, seed, model, "adapter", train, epochs, lr["st_a"], t0)
                 else:
                     fit(model, "adapter", train, epochs, lr["st_a"], verbose=0)
-            for setup, fusion_config in (("fusion_st_a", "dynamic"), ("fusion_tuned", tuned_fusion)):
+            fusions = [("fusion_st_a", "dynamic", list(cfg.sources), lr["fusion_st_a"])]
+            if tuned is not None:
+                fusions.append(("fusion_tuned", tuned["fusion_config"], tuned["adapters"], tuned["learning_rate"]))
+            for setup, fusion_config, sources, rate in fusions:
                 if setup in todo:
                     t0 = time.time()
-                    model = builders.build_fusion_model(shared, [*cfg.sources, "target"], num_labels=n,
+                    model = builders.build_fusion_model(shared, [*sources, "target"], num_labels=n,
                                                         fusion_config=fusion_config, fusion_name=setup)
-                    record(setup, size, seed, model, "fusion", train, epochs, lr[setup], t0)
+                    record(setup, size, seed, model, "fusion", train, epochs, rate, t0)
             if {"mt_a", "fusion_mt_a"} & set(todo):
                 t0 = time.time()
                 tasks = [*cfg.sources, cfg.target]
@@ -331,7 +378,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--setups", default=",".join(SETUPS[:-1]),
                         help=f"comma-separated, from {','.join(SETUPS)} (default: all but fusion_tuned)")
-    parser.add_argument("--tuned-fusion", help="fusion config JSON (tune's best_fusion_config.json)")
+    parser.add_argument("--tuned-fusion", help="the tuned set-up for fusion_tuned: tune's best_trial.json "
+                        "(fusion config, learning rate, adapters) or a fusion config JSON file")
     parser.add_argument("--encoder", help="checkpoint directory (default: the offline MiniLM)")
     parser.add_argument("--max-length", type=int, default=40)
     args = parser.parse_args(argv)
@@ -345,6 +393,8 @@ def main(argv=None):
     bad = [s for s in setups if s not in SETUPS]
     if bad:
         parser.error(f"--setups: unknown {bad}; expected names from {','.join(SETUPS)}")
+    if "fusion_tuned" in setups and not args.tuned_fusion:
+        parser.error("--setups: fusion_tuned needs --tuned-fusion (tune's best_trial.json)")
     config = CurveConfig(sizes=sizes, seeds=args.seeds, max_length=args.max_length)
     summary = run_learning_curve(args.output_dir, config, setups, args.encoder, args.tuned_fusion)
     print(markdown_table(summary, get_metric(config), config))

@@ -46,6 +46,45 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         lc.main(["--output-dir", str(tmp_path), "--setups", "fusion,st_a"])
     assert "--setups: unknown ['fusion']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lc.main(["--output-dir", str(tmp_path), "--setups", "fusion_tuned"])
+    assert "fusion_tuned needs --tuned-fusion" in capsys.readouterr().err
     with pytest.raises(ValueError, match="'fusion_tuned' needs tuned_fusion"):
         lc.run_learning_curve(str(tmp_path), setups=("fusion_tuned",))
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_the_tuned_set_up_is_read_from_tunes_best_trial(tmp_path):
+    config = {"dropout_prob": 0.0, "residual_before": True, "value_initialized": False,
+              "regularization": False, "regularization_weight": 0.0}
+    trial = {"adapters": ["subjectivity", "bbc_topic"], "fusion_config": config,
+             "values": {"learning_rate": 0.0013, "preset": "dynamic"}}
+    path = tmp_path / "best_trial.json"
+    path.write_text(json.dumps(trial))
+    setup = lc.tuned_setup(str(path))
+    assert setup == {"fusion_config": config, "learning_rate": 0.0013, "adapters": ["subjectivity", "bbc_topic"]}
+    # a bare fusion config: fusion_st_a's learning rate and all the sources
+    bare = lc.tuned_setup(config)
+    assert bare["learning_rate"] == lc.CurveConfig().learning_rates["fusion_st_a"]
+    assert bare["adapters"] == list(lc.CurveConfig().sources)
+    assert lc.tuned_setup("static")["fusion_config"] == "static"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"fusion_config": {}, "adapters": ["imdb"]}, r"adapters is \['imdb'\]; expected a non-empty list"),
+    ({"fusion_config": {}, "adapters": []}, r"adapters is \[\]"),
+    ({"fusion_config": {}, "values": {"learning_rate": 0}}, r"values.learning_rate is 0; expected a number"),
+    ({"fusion_config": {"dropout_prob": 2.0}}, "fusion_config is not a fusion config"),
+    ({"fusion_config": "turbo"}, "fusion_config is not a fusion config"),
+])
+def test_a_bad_tuned_set_up_names_its_field(tmp_path, bad, message):
+    path = tmp_path / "best_trial.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=message) as info:
+        lc.tuned_setup(str(path))
+    assert str(path) in str(info.value)
+    with pytest.raises(ValueError, match="is not a file"):
+        lc.tuned_setup(str(tmp_path / "missing.json"))
+    (tmp_path / "cut.json").write_text('{"fusion_config": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        lc.tuned_setup(str(tmp_path / "cut.json"))
