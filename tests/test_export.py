@@ -357,3 +357,12 @@ def test_export_takes_the_encoders_own_tokenizer(models, tmp_path):
     label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
     assert label_map["tokenizer"] == minilm_dir()
     assert {"vocab.txt", "tokenizer.json"} <= set(os.listdir(os.path.join(path, "assets")))
+    # a model saved as .keras and loaded again still knows its checkpoint, so its export ships the tokenizer too
+    import keras
+
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "m.keras"))
+    assert loaded.encoder.checkpoint == minilm_dir()
+    path = export_saved_model(loaded, str(tmp_path), model_name="loaded", text_signatures=False)
+    assert json.load(open(os.path.join(path, "assets", "label_map.json")))["tokenizer"] == minilm_dir()
+    assert {"vocab.txt", "tokenizer.json"} <= set(os.listdir(os.path.join(path, "assets")))

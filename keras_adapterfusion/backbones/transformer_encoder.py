@@ -38,6 +38,9 @@ class TransformerEncoder(keras.layers.Layer):
         adapters: dict name -> `AdapterConfig` dict, added at construction.
         fusions: dict fusion key -> `{"adapters": [...], "config": {...}, "name": ...}`.
         fusion_reference_form: compute fusion in AdapterHub's literal form.
+        checkpoint: the checkpoint directory the weights came from (set by
+            `load_encoder`; kept in the config so that a model loaded from a
+            `.keras` file still finds its tokenizer, e.g. for `export_saved_model`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -94,6 +97,7 @@ class TransformerEncoder(keras.layers.Layer):
         adapters=None,
         fusions=None,
         fusion_reference_form=False,
+        checkpoint=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -113,6 +117,7 @@ class TransformerEncoder(keras.layers.Layer):
         self.use_pooler = use_pooler
         self.model_type = model_type
         self.fusion_reference_form = fusion_reference_form
+        self.checkpoint = checkpoint
         self.embeddings = TextEmbeddings(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
@@ -344,5 +349,6 @@ class TransformerEncoder(keras.layers.Layer):
                 for k, s in self.fusion_specs.items()
             },
             fusion_reference_form=self.fusion_reference_form,
+            checkpoint=self.checkpoint,
         )
         return config
