@@ -433,13 +433,16 @@ def load_head(head_dir, encoder, allow_nonfinite=False):
 
     Returns:
         `(ClassificationHead, name, label2id)`; `label2id` is `None` when the
-        file has none. A `"multilabel_classification"` head comes back with
+        file has none; otherwise its labels, in the order of their ids, are the
+        head's `label_names` (so predictions and exports name them). A `"multilabel_classification"` head comes back with
         `head_type="multilabel_classification"` (sigmoid cross-entropy).
     """
     path, meta, weights = _read_module(head_dir, "head_config.json", "model_head", "head")
     _check_meta(meta, path, encoder)
     name = _stored_name(meta, path, "head")
     kwargs, label2id = _head_config(meta["config"], path, encoder)
+    if label2id is not None:  # the names, in the order of their ids (as `save_head` writes them)
+        kwargs["label_names"] = [label for label, _ in sorted(label2id.items(), key=lambda item: item[1])]
     try:
         head = ClassificationHead(dtype=encoder.dtype_policy, name=f"head_{name}", **kwargs)
     except ValueError as e:

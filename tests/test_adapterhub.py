@@ -392,3 +392,17 @@ def test_save_is_atomic_and_keeps_earlier_save(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         adapterhub.save_adapter(model.encoder, "nli", tmp_path / "new")
     assert sorted(os.listdir(tmp_path)) == ["sentiment"]
+
+
+def test_head_label2id_becomes_the_heads_label_names(tmp_path):
+    case = _copy_case(tmp_path)
+    config = json.load(open(case / "head" / "head_config.json"))
+    num_labels = config["config"]["num_labels"]
+    names = [f"class {chr(ord('a') + i)}" for i in range(num_labels)][::-1]  # ids not in alphabetical order
+    config["config"]["label2id"] = {n: i for i, n in enumerate(names)}
+    json.dump(config, open(case / "head" / "head_config.json", "w"))
+    head, _, label2id = adapterhub.load_head(str(case / "head"), load_encoder(TINY_BERT))
+    assert head.label_names == names and label2id == {n: i for i, n in enumerate(names)}
+    # written back by save_head, read again: the same names
+    adapterhub.save_head(head, "again", str(tmp_path / "again"), load_encoder(TINY_BERT))
+    assert adapterhub.load_head(str(tmp_path / "again"), load_encoder(TINY_BERT))[0].label_names == names
