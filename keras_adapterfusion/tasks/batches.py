@@ -22,7 +22,7 @@ model.fit(train, epochs=3)
 import keras
 import numpy as np
 
-from keras_adapterfusion.tasks.pipeline import INPUT_KEYS, bucket_plan, lengths
+from keras_adapterfusion.tasks.buckets import INPUT_KEYS, bucket_plan, lengths
 
 
 class TokenBatches(keras.utils.PyDataset):
