@@ -37,7 +37,7 @@ def runs(tmp_path_factory, data_dir):
     out = {}
     for key, argv in {
         "tweets": ["train-adapter", "--task", "vader_tweets", "--adapter-name", "tweets"],
-        "subj": ["train-adapter", "--task", "subjectivity", "--adapter-name", "subj"],
+        "subj": ["train-adapter", "--task", "subjectivity", "--adapter-name", "subj", "--balanced"],
         "head": ["head-only", "--task", "vader_tweets"],
         "full": ["finetune", "--task", "vader_tweets"],
     }.items():
@@ -71,6 +71,11 @@ def test_training_commands_write_artefacts_and_metrics(runs):
     attention = read(os.path.join(runs["fuse"], "fusion_attention.json"))
     assert attention["adapters"] == ["tweets", "subj"] and np.allclose(np.sum(attention["mean_attention"], 1), 1)
     assert sorted(os.listdir(os.path.join(runs["fuse"], "adapters"))) == ["subj", "tweets"]
+    # --balanced draws as many examples of each class; without it the counts are the random draw's
+    subj = read(os.path.join(runs["subj"], "run.json"))
+    assert subj["balanced"] is True and list(subj["train_label_counts"].values()) == [16, 16]
+    tweets = read(os.path.join(runs["tweets"], "run.json"))
+    assert tweets["balanced"] is False and sum(tweets["train_label_counts"].values()) == 32
     run = read(os.path.join(runs["fuse"], "run.json"))
     assert run["stage"] == "fusion" and run["adapters"] == ["tweets", "subj"] and run["train_examples"] == 32
 

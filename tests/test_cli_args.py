@@ -245,6 +245,7 @@ CASES += [
     (["head-only", "--task", "csqa", "--output-dir", "{root}/out"], ["--task", "'csqa'", "no TFDS builder"]),
     (EVAL + ["--task", "nope"], ["--task", "unknown task 'nope'"]),
     (TRAIN + ["--eval-split", "train"], ["--eval-split", "'train'"]),
+    (TRAIN + ["--balanced"], ["--balanced", "needs --train-examples"]),
     (EVAL + ["--split", "dev"], ["--split", "'dev'"]),
     # the output directory: creatable, and not holding what this command may not replace
     (["head-only", "--task", "vader_tweets", "--output-dir", ""], ["--output-dir", "''", "expected a named"]),
@@ -379,7 +380,8 @@ GOOD = [
     (TRAIN + ["--epochs", "1", "--batch-size", "1", "--learning-rate", "3e-4", "--seed", "4294967295",
               "--max-length", "512", "--train-examples", "1", "--eval-examples", "1", "--data-dir", "{root}/tfds"],
      {"max_length": 512, "learning_rate": 3e-4, "seed": 4294967295}),
-    (TRAIN, {"max_length": 128, "learning_rate": None, "epochs": 3}),
+    (TRAIN, {"max_length": 128, "learning_rate": None, "epochs": 3, "balanced": False}),
+    (TRAIN + ["--train-examples", "64", "--balanced"], {"balanced": True, "train_examples": 64}),
     (TRAIN + ["--encoder", "{short_enc}"], {"max_length": 64}),  # the default, cut to the encoder's table
     (TRAIN[:3] + ["--output-dir", "{old_run}", "--overwrite"], {}),
     (ADAPTER + ["--adapter-name", "tweets.v2", "--adapter-config", "houlsby"], {"adapter_config": "houlsby"}),
@@ -404,6 +406,18 @@ def test_good_arguments_reach_the_command(argv, attributes, ws, tripwires, capsy
     for key, value in attributes.items():
         value = [v.format(**ws) for v in value] if key == "adapter_dirs" else value
         assert getattr(args, key) == value, key
+
+
+def test_balanced_is_for_single_label_tasks():
+    import argparse
+
+    from keras_adapterfusion.cli import checks
+    from keras_adapterfusion.tasks import from_lists
+
+    task = from_lists(["a", "b", "c"], [0.1, 0.5, 0.9], task_kind="regression", name="scores")
+    with pytest.raises(checks.CLIError, match="--balanced: task 'scores' is regression; expected a single-label"):
+        checks.check_balanced(argparse.Namespace(balanced=True, train_examples=2), task)
+    checks.check_balanced(argparse.Namespace(balanced=False, train_examples=None), task)  # not asked: nothing
 
 
 def test_json_configs_are_loaded_and_checked(ws, tripwires, monkeypatch):

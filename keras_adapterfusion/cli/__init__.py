@@ -77,6 +77,9 @@ def build_parser():
                             "encoder's limit if lower)")
         p.add_argument("--train-examples", type=positive, default=None,
                        help="draw this many training examples at random (low-resource runs)")
+        p.add_argument("--balanced", action="store_true",
+                       help="with --train-examples: draw the same number of examples of every class "
+                            "(single-label tasks; a class with fewer gives all it has)")
         p.add_argument("--eval-split", choices=["validation", "test"], default=None,
                        help="the split metrics.json reports (default: validation, else test)")
         p.add_argument("--eval-examples", type=positive, default=None,
@@ -142,6 +145,9 @@ def build_parser():
                    help="tokens per example (default: 128, or the encoder's limit if lower)")
     p.add_argument("--train-examples", type=positive, default=None,
                    help="draw this many training examples at random (low-resource searches)")
+    p.add_argument("--balanced", action="store_true",
+                   help="with --train-examples: draw the same number of examples of every class "
+                        "(single-label tasks)")
     p.add_argument("--eval-examples", type=positive, default=None,
                    help="measure the objective on the first N validation examples")
     p.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16", "mixed_float16"], default=None,

@@ -373,6 +373,16 @@ def eval_split(args, task):
     return next((s for s in ("validation", "test") if task.has_split(s)), None)
 
 
+def check_balanced(args, task):
+    """`--balanced` shapes the sample that `--train-examples` draws, by class: only then, and only for classes."""
+    if not args.balanced:
+        return
+    if args.train_examples is None:
+        fail("--balanced: needs --train-examples (it decides how that sample is drawn)")
+    if task.kind != "single_label":
+        fail(f"--balanced: task {task.name!r} is {task.kind}; expected a single-label task (one class per example)")
+
+
 def check_training(args):
     from keras_adapterfusion.tasks.registry import get_task
 
@@ -387,6 +397,7 @@ def check_training(args):
     if args.data_dir is not None:
         check_new_directory("--data-dir", args.data_dir)
     args.eval_split_name = eval_split(args, task)
+    check_balanced(args, task)
     if args.early_stopping_patience is not None and not task.has_split("validation"):
         fail(f"--early-stopping-patience: task {task.name!r} has no validation split to watch"
              + (" (pass --validation-file)" if task.data is not None else ""))
@@ -550,7 +561,7 @@ def _tune_settings(args, task, names):
             "task": task.to_config() if task.data is not None else task.name,
             "adapters": [[n, d] for n, d in zip(names, args.adapters)], "space": args.space.to_dict(),
             "seed": args.seed, "max_length": args.max_length, "train_examples": args.train_examples,
-            "eval_examples": args.eval_examples, "dtype_policy": args.dtype_policy}
+            "balanced": args.balanced, "eval_examples": args.eval_examples, "dtype_policy": args.dtype_policy}
 
 
 def check_tune_dir(args, settings):
@@ -590,6 +601,7 @@ def check_tune(args):
     if not task.has_split("validation"):
         fail(f"task {task.name!r} has no validation split; tune measures its objective there"
              + (" (pass --validation-file)" if task.data is not None else ""))
+    check_balanced(args, task)
     args.encoder_dir, config = check_encoder(args.encoder)
     args.max_length = check_max_length("--max-length", args.max_length, config, task.layout, args.encoder)
     modules = [adapter_module("--adapters", d) for d in args.adapters]

@@ -23,7 +23,7 @@ def _data(args, task, tokenizer):
         return prepare(task, tokenizer, name, args.max_length, data_dir=args.data_dir, **kwargs)
 
     try:
-        train = split("train", sample=args.train_examples, seed=args.seed)
+        train = split("train", sample=args.train_examples, seed=args.seed, balanced=args.balanced)
         validation = split("validation" if task.has_split("validation") else None, limit=args.eval_examples)
         evaluation = validation if args.eval_split_name == "validation" else split(args.eval_split_name,
                                                                                      limit=args.eval_examples)
@@ -32,6 +32,16 @@ def _data(args, task, tokenizer):
     except Exception as e:  # no internet for a TFDS download, a broken cache, ...
         fail(f"task {task.name!r}: cannot load its data ({type(e).__name__}: {first_line(e)[:300]})")
     return train, validation, evaluation
+
+
+def _label_counts(task, labels):
+    """`{"train_label_counts": {name: count}}` for a single-label task (so an imbalance shows), else `{}`."""
+    import numpy as np
+
+    if task.kind != "single_label":
+        return {}
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(task.label_names))
+    return {"train_label_counts": {name: int(c) for name, c in zip(task.label_names, counts)}}
 
 
 def _backup_dir(output_dir):
@@ -80,7 +90,7 @@ def _callbacks(args, backup, settings):
 def _settings(args, task):
     """What must be the same to resume a run."""
     keys = ("command", "encoder", "seed", "epochs", "batch_size", "learning_rate", "max_length", "train_examples",
-            "eval_examples", "adapter_name", "fusion_config", "adapter_config")
+            "balanced", "eval_examples", "adapter_name", "fusion_config", "adapter_config")
     out = {k: getattr(args, k, None) for k in keys}
     out = {k: (v if isinstance(v, (str, int, float, type(None))) else str(v)) for k, v in out.items()}
     out["task"] = task.to_config()
@@ -120,7 +130,8 @@ def _train_and_save(args, stage, build, save, extra_run=None):
         run = {"stage": stage, "task": task.to_config() if task.data is not None else task.name,
                "label_names": list(task.label_names), "encoder": args.encoder, "seed": args.seed,
                "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-               "max_length": args.max_length, "train_examples": len(train[1]), **(extra_run or {})}
+               "max_length": args.max_length, "train_examples": len(train[1]), "balanced": args.balanced,
+               **_label_counts(task, train[1]), **(extra_run or {})}
         write_json(os.path.join(tmp, "run.json"), run)
         summary = {"task": task.name, "split": args.eval_split_name, "examples": len(evaluation[1]) if evaluation
                    else 0, **metrics, "losses": history.get("loss", []), "history": history}
@@ -204,7 +215,7 @@ def cmd_tune(args):
         fail(f"--encoder {args.encoder!r}: {first_line(e)}")
     try:
         train = prepare(task, tokenizer, "train", args.max_length, sample=args.train_examples, seed=args.seed,
-                        data_dir=args.data_dir)
+                        data_dir=args.data_dir, balanced=args.balanced)
         validation = prepare(task, tokenizer, "validation", args.max_length, limit=args.eval_examples,
                              data_dir=args.data_dir)
     except PACKAGE_ERRORS:
