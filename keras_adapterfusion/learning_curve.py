@@ -12,10 +12,11 @@ offline tasks and encoder (`keras_adapterfusion.demo`'s sources and target), for
   that it is seen as often as in the other set-ups), evaluated through the target's adapter and head;
 - `fusion_st_a`: fusion over the source adapters (trained once, alone) and the target's ST-A adapter;
 - `fusion_mt_a`: fusion over the MT-A adapters;
-- `fusion_tuned` (when a tuned set-up is given): `fusion_st_a` with the set-up `keras-adapterfusion tune`
-  found. Give it `tune`'s `best_trial.json` (the fusion config, the learning rate and the source adapters the
-  search chose; the target's ST-A adapter is always fused too, as in `fusion_st_a`) or a bare fusion config
-  such as `best_fusion_config.json` (then `fusion_st_a`'s learning rate and all the sources are used).
+- `fusion_tuned` (when a tuned set-up is given): a fusion with the set-up `keras-adapterfusion tune` found.
+  Give it `tune`'s `best_trial.json`: its fusion config, its learning rate and the adapters it chose, among the
+  sources and the target's own ST-A adapter (named after the target task, e.g. `vader_tweets`; the seed's ST-A
+  adapter stands in for it). A bare fusion config (such as `best_fusion_config.json`) is used like
+  `fusion_st_a`: all the sources and the target's adapter, at `fusion_st_a`'s learning rate.
 
 Every finished run is appended to `runs.jsonl` in the output directory at once, so an interrupted curve
 continues where it stopped when run again with the same arguments; `results.json`, `learning_curve.md` and
@@ -74,12 +75,14 @@ class CurveConfig:
 
 
 def tuned_setup(tuned_fusion, config=CurveConfig()):
-    """The `fusion_tuned` set-up: dict with `fusion_config`, `learning_rate` and `adapters` (source names).
+    """The `fusion_tuned` set-up: dict with `fusion_config`, `learning_rate` and `adapters`.
 
     `tuned_fusion` is `tune`'s `best_trial.json` (a path or its dict: its `fusion_config`, its
-    `values.learning_rate` and its `adapters` are used), or a fusion config (a preset name, a dict, or the
-    path of a JSON file such as `best_fusion_config.json`: then `fusion_st_a`'s learning rate and all of
-    `config.sources`). Raises `ValueError` naming the field for anything else.
+    `values.learning_rate` and its `adapters`, names from `config.sources` and `config.target`, the
+    target's own adapter), or a fusion config (a preset name, a dict, or the path of a JSON file such as
+    `best_fusion_config.json`: then `fusion_st_a`'s learning rate, all of `config.sources` and the
+    target's adapter). `adapters` in the result name the curve's adapters: the sources, and `"target"` for
+    the target's. Raises `ValueError` naming the field for anything else.
     """
     where = "tuned_fusion"
     if isinstance(tuned_fusion, str) and tuned_fusion.endswith(".json"):
@@ -93,19 +96,20 @@ def tuned_setup(tuned_fusion, config=CurveConfig()):
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not valid JSON ({e})") from None
     setup = {"fusion_config": tuned_fusion, "learning_rate": config.learning_rates["fusion_st_a"],
-             "adapters": list(config.sources)}
+             "adapters": [*config.sources, "target"]}
     if isinstance(tuned_fusion, dict) and "fusion_config" in tuned_fusion:
         setup["fusion_config"] = tuned_fusion["fusion_config"]
         rate = tuned_fusion.get("values", {}).get("learning_rate", setup["learning_rate"])
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1:
             raise ValueError(f"{where}: values.learning_rate is {rate!r}; expected a number in (0, 1)")
         setup["learning_rate"] = float(rate)
-        adapters = tuned_fusion.get("adapters", setup["adapters"])
-        unknown = [a for a in adapters if a not in config.sources] if isinstance(adapters, list) else adapters
+        known = [*config.sources, config.target]
+        adapters = tuned_fusion.get("adapters", known)
+        unknown = [a for a in adapters if a not in known] if isinstance(adapters, list) else adapters
         if not isinstance(adapters, list) or not adapters or unknown:
             raise ValueError(f"{where}: adapters is {adapters!r}; expected a non-empty list of the curve's "
-                             f"sources {list(config.sources)}")
-        setup["adapters"] = list(adapters)
+                             f"sources and target {known}")
+        setup["adapters"] = ["target" if a == config.target else a for a in adapters]
     from keras_adapterfusion.configs import FusionConfig
 
     try:
@@ -168,6 +172,9 @@ def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
     from keras_adapterfusion.experiments import dataset as make_ds
     from keras_adapterfusion.experiments import evaluate, fit, prepare, seed_everything
+    from keras_adapterfusion.heads import make_head
+    from keras_adapterfusion.models import AdapterModel
+    from keras_adapterfusion.trainable import make_spec
     from keras_adapterfusion.tasks import get_task
 
     unknown = [s for s in setups if s not in SETUPS]
@@ -249,13 +256,19 @@ def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_
                     record("st_a", size, seed, model, "adapter", train, epochs, lr["st_a"], t0)
                 else:
                     fit(model, "adapter", train, epochs, lr["st_a"], verbose=0)
-            fusions = [("fusion_st_a", "dynamic", list(cfg.sources), lr["fusion_st_a"])]
+            fusions = [("fusion_st_a", "dynamic", [*cfg.sources, "target"], lr["fusion_st_a"])]
             if tuned is not None:
                 fusions.append(("fusion_tuned", tuned["fusion_config"], tuned["adapters"], tuned["learning_rate"]))
-            for setup, fusion_config, sources, rate in fusions:
+            for setup, fusion_config, adapters, rate in fusions:
                 if setup in todo:
                     t0 = time.time()
-                    model = builders.build_fusion_model(shared, [*sources, "target"], num_labels=n,
+                    if len(adapters) == 1:  # as in a search's one-adapter trial: that adapter, frozen, a new head
+                        model = AdapterModel(shared, make_head("classification", n, name="head"),
+                                             adapter_setup=adapters[0], output_key="logits",
+                                             trainable_spec=make_spec(heads=True), name=setup)
+                        record(setup, size, seed, model, "fusion", train, epochs, rate, t0)
+                        continue
+                    model = builders.build_fusion_model(shared, adapters, num_labels=n,
                                                         fusion_config=fusion_config, fusion_name=setup)
                     record(setup, size, seed, model, "fusion", train, epochs, rate, t0)
             if {"mt_a", "fusion_mt_a"} & set(todo):

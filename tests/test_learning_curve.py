@@ -1,6 +1,8 @@
 """The learning curve's bookkeeping: resumable run log, summary, table and plot (no training here)."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -63,10 +65,13 @@ def test_the_tuned_set_up_is_read_from_tunes_best_trial(tmp_path):
     path.write_text(json.dumps(trial))
     setup = lc.tuned_setup(str(path))
     assert setup == {"fusion_config": config, "learning_rate": 0.0013, "adapters": ["subjectivity", "bbc_topic"]}
-    # a bare fusion config: fusion_st_a's learning rate and all the sources
+    # the target task's name is the target's own adapter ("target" in the curve)
+    trial["adapters"] = ["vader_tweets", "bbc_topic"]
+    assert lc.tuned_setup(trial)["adapters"] == ["target", "bbc_topic"]
+    # a bare fusion config: as fusion_st_a, all the sources and the target's adapter at its learning rate
     bare = lc.tuned_setup(config)
     assert bare["learning_rate"] == lc.CurveConfig().learning_rates["fusion_st_a"]
-    assert bare["adapters"] == list(lc.CurveConfig().sources)
+    assert bare["adapters"] == [*lc.CurveConfig().sources, "target"]
     assert lc.tuned_setup("static")["fusion_config"] == "static"
 
 
@@ -88,3 +93,28 @@ def test_a_bad_tuned_set_up_names_its_field(tmp_path, bad, message):
     (tmp_path / "cut.json").write_text('{"fusion_config": ')
     with pytest.raises(ValueError, match="not valid JSON"):
         lc.tuned_setup(str(tmp_path / "cut.json"))
+
+
+@pytest.mark.slow
+def test_a_tiny_curve_runs_the_tuned_set_ups_end_to_end(tmp_path):
+    """The real loop on the tiny encoder: ST-A, fusion, and tuned set-ups of one adapter and of several."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    from _smoke import tiny_checkpoint
+
+    encoder = tiny_checkpoint(str(tmp_path / "encoder"))
+    config = lc.CurveConfig(sizes=(12,), seeds=1, source_train=16, source_epochs=1, min_epochs=1, min_steps=1,
+                            max_length=16, batch_size=8)
+    one = {"fusion_config": "dynamic", "values": {"learning_rate": 1e-3}, "adapters": ["vader_tweets"]}
+    lc.run_learning_curve(str(tmp_path / "one"), config, ("st_a", "fusion_tuned"), encoder, tuned_fusion=one)
+    shutil.copytree(tmp_path / "one" / "sources", tmp_path / "several" / "sources")  # trained once
+    several = {"fusion_config": {"value_initialized": False, "residual_before": True},
+               "values": {"learning_rate": 1e-3}, "adapters": ["bbc_topic", "vader_tweets"]}
+    summary = lc.run_learning_curve(str(tmp_path / "several"), config, ("fusion_st_a", "fusion_tuned"), encoder,
+                                    tuned_fusion=several)
+    assert set(summary) == {"fusion_st_a", "fusion_tuned"}
+    for name in ("one", "several"):
+        rows = lc._read_runs(str(tmp_path / name / "runs.jsonl"))
+        assert {r["setup"] for r in rows} >= {"fusion_tuned"}
+        assert all(0.0 <= r["test"]["accuracy"] <= 1.0 and r["size"] == 12 and r["seed"] == 0 for r in rows)
