@@ -248,7 +248,8 @@ def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_
                 t0 = time.time()
                 record("full_finetune", size, seed, builders.build_full_finetune_model(load_enc(), num_labels=n),
                        "finetune", train, epochs, lr["full_finetune"], t0)
-            st_a_needed = {"st_a", "fusion_st_a", "fusion_tuned"} & set(todo)
+            st_a_needed = {"st_a", "fusion_st_a"} & set(todo) or (
+                "fusion_tuned" in todo and "target" in tuned["adapters"])
             if st_a_needed:
                 t0 = time.time()
                 model = builders.build_adapter_model(shared, "target", num_labels=n)
