@@ -349,10 +349,7 @@ def main():
         footer = (f"\n\n{args.rounds} rounds × {args.steps} timed steps per worker, in turns; batch {args.batch}, "
                   f"seq {args.seqs[0]}, {args.adapter_counts[0]} adapters, {args.model}, {args.threads} threads; "
                   f"load average {run_info['load']} at the start, {load_average()} at the end.\n")
-        print(table + footer)
-        if args.table:
-            with open(args.table, "w") as f:
-                f.write(table + footer)
+        publish(table + footer, args.table)
         return
     workers = make_workers(args, log)
     results = []
@@ -372,10 +369,15 @@ def main():
     footer = (f"\n\n{args.rounds} rounds × {args.steps} timed steps per implementation and workload, in turns; "
               f"batch {args.batch}, {args.model}, {args.threads} threads each; load average "
               f"{run_info['load']} at the start, {load_average()} at the end; {run_info['started']}.\n")
-    print(table + footer)
-    if args.table:
-        with open(args.table, "w") as f:
-            f.write(table + footer)
+    publish(table + footer, args.table)
+
+
+def publish(text, path):
+    """Print a result table and, when `path` is given (`--table`), write it there too."""
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":
