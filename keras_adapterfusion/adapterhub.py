@@ -434,7 +434,8 @@ def load_head(head_dir, encoder, allow_nonfinite=False):
     Returns:
         `(ClassificationHead, name, label2id)`; `label2id` is `None` when the
         file has none; otherwise its labels, in the order of their ids, are the
-        head's `label_names` (so predictions and exports name them). A `"multilabel_classification"` head comes back with
+        head's `label_names` (so predictions and exports name them). A
+        `"multilabel_classification"` head comes back with
         `head_type="multilabel_classification"` (sigmoid cross-entropy).
     """
     path, meta, weights = _read_module(head_dir, "head_config.json", "model_head", "head")

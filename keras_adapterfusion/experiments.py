@@ -114,11 +114,15 @@ def prepare(task, tokenizer, split, max_length=128, limit=None, sample=None, see
         limit: take the first `limit` examples of the split.
         sample: then draw `sample` examples at random (seeded by `seed`): the
             low-resource training sets.
-        balanced: draw the sample with the same number of examples per class.
+        balanced: draw the sample with the same number of examples per class
+            (single-label tasks only; `ValueError` otherwise).
     """
     from keras_adapterfusion.tasks import get_task, tokenize
 
     task = get_task(task)
+    if balanced and task.kind != "single_label":
+        raise ValueError(f"prepare.balanced: task {task.name!r} is {task.kind}; expected a single-label task "
+                         "(one class per example)")
     inputs, labels = task.load(split, data_dir=data_dir, limit=limit)
     if sample is not None and sample < len(labels):
         index = sample_indices(labels, sample, seed, balanced)

@@ -163,3 +163,11 @@ def test_metrics_by_kind():
                            kind="multi_label") == {"micro_f1": 0.8, "exact_match": 0.5}
     out = compute_metrics(["pearson", "mse"], [1.0, 2.0, 3.0], [[1.0], [2.0], [4.0]], kind="regression")
     assert out["mse"] == pytest.approx(1 / 3) and out["pearson"] > 0.9
+
+
+def test_a_balanced_sample_needs_classes():
+    from keras_adapterfusion.experiments import prepare
+
+    scores = from_lists(["a", "b", "c"], [0.1, 0.5, 0.9], task_kind="regression", name="scores")
+    with pytest.raises(ValueError, match="prepare.balanced: task 'scores' is regression; expected a single-label"):
+        prepare(scores, None, "train", sample=2, balanced=True)
