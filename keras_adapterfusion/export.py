@@ -34,6 +34,7 @@ export_saved_model({"sentiment": m1, "topic": m2}, "export", model_name="tasks")
 """
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -181,7 +182,7 @@ def _default_tokenizer(encoder):
 
 def export_saved_model(model, export_dir, model_name="model", version=None, tokenizer="auto", label_names=None,
                        input_dtype="int64", include_fusion_attentions=False, write_models_config=True,
-                       text_signatures="auto", max_length=128, verbose=False):
+                       text_signatures=False, max_length=128, text_pairs=False, verbose=False):
     """Export one model, or several task models on one encoder, as a TF Serving SavedModel.
 
     Args:
@@ -198,13 +199,24 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
             by default the heads' own `label_names`.
         input_dtype: `"int64"` or `"int32"`, the dtype of the three inputs.
         include_fusion_attentions: also output `fusion_attentions` for fusion models.
-        write_models_config: (re)write `<export_dir>/models.config` listing every
-            model directory in `export_dir`.
+        write_models_config: write `<export_dir>/models.config` and `models.docker.config`
+            listing every model directory in `export_dir`. A file of that name the package
+            did not write (your own TF Serving config) is not replaced: the new model is
+            merged into it, your entries kept as written; one it cannot read as a TF Serving
+            model config is refused (`ExportError`) before anything is written.
         text_signatures: add signatures that take raw text (`serving_text`, and
             `<task>_text` / `all_tasks_text` for several tasks), tokenizing in the graph
-            (`keras_adapterfusion.graph_tokenizers`): `True`, `False`, or `"auto"` (when
-            the tokenizer is WordPiece or SentencePiece and `tensorflow-text` is installed).
-        max_length: truncation length of the raw-text signatures.
+            (`keras_adapterfusion.graph_tokenizers`): `False` (the default: the export loads
+            wherever TensorFlow loads), `True` (needs `tensorflow-text` to export, and its ops
+            wherever the SavedModel is loaded; see docs/serving.md), or `"auto"` (when the
+            tokenizer is WordPiece or SentencePiece and `tensorflow-text` is installed).
+        max_length: truncation length (special tokens included) of the raw-text signatures,
+            recorded in `label_map.json` for clients that tokenize in Python; pass the length
+            the model was trained with.
+        text_pairs: whether the model takes sentence pairs (a bool, or a dict task -> bool);
+            recorded per task in `label_map.json` (`"text_pair"`) so that clients refuse the
+            wrong layout; a pair task's raw-text signature takes two inputs, `text` and
+            `text_pair`.
         verbose: print the variables Keras tracks.
 
     Returns:
@@ -227,8 +239,11 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
     encoder = next(iter(tasks.values())).encoder
     if input_dtype not in INPUT_DTYPES:
         raise ExportError(f"export: input_dtype {input_dtype!r}; expected one of {list(INPUT_DTYPES)}.")
-    if text_signatures not in (True, False, "auto"):
+    if not any(text_signatures is v for v in (True, False)) and text_signatures != "auto":
         raise ExportError(f"export: text_signatures {text_signatures!r}; expected True, False or 'auto'.")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
+        raise ExportError(f"export: max_length {max_length!r}; expected an int >= 4.")
+    pairs = _text_pairs(tasks, text_pairs)
     try:
         check_name(model_name, "export: model_name")
     except ValueError as e:
@@ -241,6 +256,10 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
     if os.path.exists(version_dir) and (not os.path.isdir(version_dir) or os.listdir(version_dir)):
         raise ExportError(f"export: {version_dir} exists and is not empty; pick another version.")
     label_map = _label_map(tasks, label_names)
+    for task, pair in pairs.items():
+        label_map[task]["text_pair"] = pair
+    if write_models_config:  # a user's config that cannot be merged is refused before anything is written
+        _models_config_plan(export_dir, model_name)
     if tokenizer == "auto":
         tokenizer = _default_tokenizer(encoder)
     scratch = tempfile.TemporaryDirectory(prefix="kaf-tokenizer-")
@@ -274,12 +293,16 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
             results.update(_outputs(tf, m, logits, prefix=f"{t}_"))
         return results
 
-    def from_text(serve):
+    def from_text(serve, pair):
         def serve_text(text):
             ids = text_tokenizer(text)
             return serve(**{k: tf.cast(v, dtype) for k, v in ids.items()})
 
-        return serve_text
+        def serve_text_pair(text, text_pair):
+            ids = text_tokenizer.pair(text, text_pair)
+            return serve(**{k: tf.cast(v, dtype) for k, v in ids.items()})
+
+        return serve_text_pair if pair else serve_text
 
     names = list(tasks)
     choices = {t: bool(getattr(m.head, "flattens_choices", False)) for t, m in tasks.items()}
@@ -294,10 +317,16 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
     text_names = []
     if text_tokenizer is not None:
         for name, fn, multiple_choice in endpoints:
-            if not multiple_choice:
-                text_name = "serving_text" if name == "serving_default" else f"{name}_text"
-                archive.add_endpoint(text_name, from_text(fn), [tf.TensorSpec([None], tf.string, name="text")])
-                text_names.append(text_name)
+            served = names if name == ALL_TASKS else [names[0] if name == "serving_default" else name]
+            if multiple_choice or len({pairs[t] for t in served}) > 1:
+                continue  # no raw-text layout for choices, nor for tasks that disagree on pairs
+            pair = pairs[served[0]]
+            text_name = "serving_text" if name == "serving_default" else f"{name}_text"
+            specs = [tf.TensorSpec([None], tf.string, name="text")]
+            if pair:
+                specs.append(tf.TensorSpec([None], tf.string, name="text_pair"))
+            archive.add_endpoint(text_name, from_text(fn, pair), specs)
+            text_names.append(text_name)
 
     os.makedirs(model_dir, exist_ok=True)
     with scratch, write_directory(version_dir, "saved-model", replace=False) as tmp:
@@ -312,11 +341,26 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
             "input_dtype": input_dtype,
             "tokenizer": None if tokenizer is None else (os.fspath(tokenizer) if isinstance(tokenizer, (str, os.PathLike))
                                                          else getattr(tokenizer, "name_or_path", "a tokenizer object")),
-            "max_length": max_length if text_names else None,
+            "max_length": max_length,
         })
     if write_models_config:
-        write_models_config_file(export_dir)
+        write_models_config_file(export_dir, model_name)
     return version_dir
+
+
+def _text_pairs(tasks, text_pairs):
+    """Task -> whether it takes sentence pairs, from a bool or a dict task -> bool."""
+    if isinstance(text_pairs, dict):
+        unknown = sorted(set(text_pairs) - set(tasks))
+        if unknown:
+            raise ExportError(f"export: text_pairs names tasks {unknown}; the tasks are {sorted(tasks)}.")
+        out = {t: text_pairs.get(t, False) for t in tasks}
+    else:
+        out = {t: text_pairs for t in tasks}
+    for task, pair in out.items():
+        if not isinstance(pair, bool):
+            raise ExportError(f"export: text_pairs for task {task!r} is {pair!r}; expected True or False.")
+    return out
 
 
 def _text_tokenizer(asset_files, text_signatures, max_length):
@@ -362,24 +406,131 @@ def model_directories(export_dir):
     return out
 
 
-def models_config_text(export_dir, base_path=None):
+def _config_entry(name, root):
+    return (f'  config {{\n    name: "{name}"\n    base_path: "{root.rstrip("/")}/{name}"\n'
+            f'    model_platform: "tensorflow"\n  }}\n')
+
+
+def models_config_text(export_dir, base_path=None, names=None):
     """TF Serving `--model_config_file` text for the models in `export_dir`.
 
     `base_path` replaces the absolute `export_dir` in the paths (for example
-    `"/models"` inside the TF Serving docker image).
+    `"/models"` inside the TF Serving docker image); `names` lists the models
+    (by default every model directory in `export_dir`).
     """
     root = base_path or os.path.abspath(os.fspath(export_dir))
-    entries = "".join(
-        f'  config {{\n    name: "{name}"\n    base_path: "{root.rstrip("/")}/{name}"\n'
-        f'    model_platform: "tensorflow"\n  }}\n'
-        for name in model_directories(export_dir)
-    )
-    return "model_config_list {\n" + entries + "}\n"
+    names = model_directories(export_dir) if names is None else names
+    return "model_config_list {\n" + "".join(_config_entry(n, root) for n in names) + "}\n"
 
 
-def write_models_config_file(export_dir):
-    """Write `models.config` (local paths) and `models.docker.config` (paths under /models)."""
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}:;,<>\[\]]|[^\s{}:;,<>\[\]"\'#]+')
+
+
+def parse_models_config(text, source):
+    """Read a TF Serving model config (text protobuf): `(names, end)`.
+
+    `names` are the `name` fields of the `config` entries of `model_config_list`; `end` is
+    the offset of that list's closing brace (None when the file holds no list, only comments
+    and blanks). Raises `ExportError` naming `source` for text this does not understand."""
+    tokens, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ExportError(f"export: {source}: cannot read character {pos} as a TF Serving config.")
+        if not (m.group().isspace() or m.group().startswith("#")):
+            tokens.append((m.group(), m.start()))
+        pos = m.end()
+
+    def fail(what):
+        raise ExportError(f"export: {source}: {what}; expected a TF Serving config "
+                          "(model_config_list { config { name: ... base_path: ... } ... }).")
+
+    if not tokens:
+        return [], None
+    if tokens[0][0] != "model_config_list" or len(tokens) < 3 or tokens[1][0] not in ("{", ":"):
+        fail(f"starts with {tokens[0][0]!r}")
+    i = 2 if tokens[1][0] == "{" else 3
+    if tokens[1][0] == ":" and tokens[2][0] != "{":
+        fail("model_config_list is not a block")
+    names, depth, end, field = [], 1, None, None
+    while i < len(tokens):
+        value, offset = tokens[i]
+        if value == "{":
+            depth += 1
+        elif value == "}":
+            depth -= 1
+            if depth == 0:
+                end = offset
+                break
+        elif depth == 2 and field == "name" and value[0] in "\"'":
+            names.append(value[1:-1])
+        if value not in (":",):
+            field = value if depth == 2 else None
+        i += 1
+    if end is None:
+        fail("model_config_list is not closed")
+    if tokens[i + 1:]:
+        fail(f"holds {tokens[i + 1][0]!r} after model_config_list")
+    return names, end
+
+
+def _models_config_plan(export_dir, new_name=None):
+    """`[(path, text, own)]` for `models.config` and `models.docker.config`: the package's own
+    file (rewritten whole) or the user's (the missing models merged in before the list's closing
+    brace, the user's text kept as written). Raises `ExportError` for a user's file it cannot read."""
+    from keras_adapterfusion.io import own_file
+
+    export_dir = os.fspath(export_dir)
+    names = model_directories(export_dir) if os.path.isdir(export_dir) else []
+    if new_name is not None and new_name not in names:
+        names = sorted(names + [new_name])
+    plan = []
     for filename, base in (("models.config", None), ("models.docker.config", "/models")):
-        with atomic_file(os.path.join(os.fspath(export_dir), filename)) as tmp:
-            with open(tmp, "w") as f:
-                f.write(models_config_text(export_dir, base))
+        path = os.path.join(export_dir, filename)
+        ours = models_config_text(export_dir, base, names)
+        if not os.path.lexists(path) or own_file(path):
+            plan.append((path, ours, True))
+            continue
+        if not os.path.isfile(path):
+            raise ExportError(f"export: {path} is not a file; move it away or pass write_models_config=False "
+                              "(--no-models-config).")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ExportError(f"export: {path}: your file cannot be read ({e}); move it away or pass "
+                              "write_models_config=False (--no-models-config).") from e
+        if text == ours:  # what the package writes (e.g. an export made before files were recorded)
+            plan.append((path, ours, True))
+            continue
+        try:
+            present, end = parse_models_config(text, path)
+        except ExportError as e:
+            raise ExportError(f"{e} It is not this package's; not replacing it. Move it away or pass "
+                              "write_models_config=False (--no-models-config).") from None
+        root = base or os.path.abspath(export_dir)
+        missing = "".join(_config_entry(n, root) for n in names if n not in present)
+        if end is None:
+            merged = text + ("" if not text or text.endswith("\n") else "\n") + "model_config_list {\n" + missing + "}\n"
+        else:
+            head = text[:end]
+            merged = head + ("" if not missing or head.endswith("\n") else "\n") + missing + text[end:]
+        plan.append((path, merged, False))
+    return plan
+
+
+def write_models_config_file(export_dir, new_name=None):
+    """Write `models.config` (local paths) and `models.docker.config` (paths under /models).
+
+    A file of either name that the package did not write is the user's: the models it lacks
+    are merged in and everything else is kept as written. Returns `[(path, merged)]`.
+
+    Raises:
+        ExportError: a user's file is not a TF Serving model config this can read (nothing is written).
+    """
+    from keras_adapterfusion.io import write_own_file
+
+    plan = _models_config_plan(export_dir, new_name)
+    for path, text, own in plan:
+        write_own_file(path, text, own=own)
+    return [(path, not own) for path, _, own in plan]

@@ -106,7 +106,9 @@ def graph_tokenizer(tokenizer_dir, max_length=128, special_ids=None):
 
     Returns:
         A module whose call maps texts `[batch]` to a dict of int64 `[batch, tokens]`
-        `input_ids`, `attention_mask`, `token_type_ids` (padded to the longest).
+        `input_ids`, `attention_mask`, `token_type_ids` (padded to the longest), and whose
+        `pair(texts, text_pairs)` does the same for sentence pairs (truncated `longest_first`,
+        as the Python tokenizer truncates a pair).
 
     Raises:
         ExportError: the tokenizer is byte-level BPE or unknown, or `tensorflow-text`
@@ -117,6 +119,9 @@ def graph_tokenizer(tokenizer_dir, max_length=128, special_ids=None):
     except ImportError as e:
         raise ExportError("export: a raw-text signature needs tensorflow-text (pip install "
                           "keras-adapterfusion[serving]).") from e
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
+        raise ExportError(f"export: max_length {max_length!r}; expected an int >= 4 (room for a pair's special "
+                          "tokens and one token of text).")
     family = tokenizer_family(tokenizer_dir)
     if family == "wordpiece":
         return _WordPieceModule(_wordpiece_settings(tokenizer_dir), max_length, special_ids)
@@ -126,15 +131,71 @@ def graph_tokenizer(tokenizer_dir, max_length=128, special_ids=None):
                       "counterpart; export without the raw-text signature (token ids only).")
 
 
+def pair_lengths(first, second, budget):
+    """How many tokens of each text a pair keeps: Hugging Face's `longest_first` truncation.
+
+    `first` and `second` are the untruncated lengths, `budget` the tokens left after the special
+    tokens. Both fit: both kept. Otherwise the shorter text is kept whole when it takes at most half
+    the budget and the longer gets the rest; else the shorter gets `budget // 2` and the longer the
+    rest (on a tie the first counts as the shorter). Works on Python ints and on integer tensors
+    alike (element-wise)."""
+    half = budget // 2
+    if isinstance(first, int) and isinstance(second, int):
+        if first + second <= budget:
+            return first, second
+        short = min(first, second, half)
+        return (short, budget - short) if first <= second else (budget - short, short)
+    import tensorflow as tf
+
+    short = tf.minimum(tf.minimum(first, second), half)
+    first_short = first <= second
+    keep_first = tf.where(first_short, short, budget - short)
+    keep_second = tf.where(first_short, budget - short, short)
+    fits = first + second <= budget
+    return tf.where(fits, first, keep_first), tf.where(fits, second, keep_second)
+
+
+def _keep_first(tf, ragged, counts):
+    """The first `counts[i]` values of each row of a 2-D ragged tensor."""
+    positions = tf.ragged.range(ragged.row_lengths())
+    return tf.ragged.boolean_mask(ragged, positions < tf.expand_dims(counts, 1))
+
+
+def _pad(tf, ids, types, pad):
+    input_ids = ids.to_tensor(default_value=pad)
+    return {"input_ids": input_ids, "attention_mask": tf.ones_like(ids).to_tensor(default_value=0),
+            "token_type_ids": types.to_tensor(default_value=0)}
+
+
+def _column(tf, rows, value):
+    return tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(value, tf.int64)))
+
+
 def _finish(tf, pieces, first, last, pad, max_length):
     """Truncate the ragged ids, add the special tokens, pad: the three model inputs."""
     pieces = pieces[:, : max_length - 2]
     rows = tf.shape(pieces.row_lengths())[0]
-    ids = tf.concat([tf.fill([rows, 1], tf.constant(first, tf.int64)), pieces,
-                     tf.fill([rows, 1], tf.constant(last, tf.int64))], axis=1)
-    input_ids = ids.to_tensor(default_value=pad)
-    mask = tf.ones_like(ids).to_tensor(default_value=0)
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": tf.zeros_like(input_ids)}
+    ids = tf.concat([_column(tf, rows, first), pieces, _column(tf, rows, last)], axis=1)
+    return _pad(tf, ids, tf.zeros_like(ids), pad)
+
+
+def _finish_pair(tf, a, b, specials, pad, max_length, second_type):
+    """Pair layout `specials[0] a specials[1] b specials[2]` (each a tuple of ids), truncated
+    `longest_first` to `max_length`; token types 0 up to the first separator's end, then `second_type`."""
+    opening, middle, closing = specials
+    budget = max_length - len(opening) - len(middle) - len(closing)
+    keep_a, keep_b = pair_lengths(a.row_lengths(), b.row_lengths(), budget)
+    a, b = _keep_first(tf, a, keep_a), _keep_first(tf, b, keep_b)
+    rows = tf.shape(a.row_lengths())[0]
+
+    def run(ids):
+        return [_column(tf, rows, i) for i in ids]
+
+    head = tf.concat(run(opening) + [a] + run(middle), axis=1)
+    tail = tf.concat([b] + run(closing), axis=1)
+    ids = tf.concat([head, tail], axis=1)
+    types = tf.concat([tf.zeros_like(head), tf.ones_like(tail) * second_type], axis=1)
+    return _pad(tf, ids, types, pad)
 
 
 def _make_modules():
@@ -156,8 +217,7 @@ def _make_modules():
                                                      max_bytes_per_word=settings["max_word"],
                                                      unknown_token=settings["unk"], token_out_type=tf.int64)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def __call__(self, texts):
+        def _pieces(self, texts):
             x = tf.strings.regex_replace(texts, r"[\t\n\r]", " ")
             x = tf.strings.regex_replace(x, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}\p{Co}\p{Cs}]", "")
             if self.settings["lowercase"]:
@@ -166,9 +226,19 @@ def _make_modules():
                 x = text.normalize_utf8(x, "NFD")
                 x = tf.strings.regex_replace(x, r"\p{Mn}", "")
             words = text.regex_split(x, _SPLIT, _KEEP)
-            pieces = self.wordpiece.tokenize(words).merge_dims(-2, -1)
-            return _finish(tf, pieces, self.special["cls"], self.special["sep"], self.special["pad"],
+            return self.wordpiece.tokenize(words).merge_dims(-2, -1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            return _finish(tf, self._pieces(texts), self.special["cls"], self.special["sep"], self.special["pad"],
                            self.max_length)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+        def pair(self, texts, text_pairs):
+            """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as the Python tokenizer gives a pair."""
+            cls, sep = self.special["cls"], self.special["sep"]
+            return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((cls,), (sep,), (sep,)),
+                                self.special["pad"], self.max_length, 1)
 
     class SentencePiece(tf.Module):
         """XLM-R: SentencePiece ids shifted by fairseq's offset (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3)."""
@@ -179,11 +249,20 @@ def _make_modules():
                 self.sentencepiece = text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
             self.max_length = int(max_length)
 
+        def _pieces(self, texts):
+            ids = tf.cast(self.sentencepiece.tokenize(texts), tf.int64)
+            return tf.ragged.map_flat_values(lambda v: tf.where(tf.equal(v, 0), tf.constant(3, tf.int64), v + 1),
+                                             ids)
+
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def __call__(self, texts):
-            ids = tf.cast(self.sentencepiece.tokenize(texts), tf.int64)
-            ids = tf.ragged.map_flat_values(lambda v: tf.where(tf.equal(v, 0), tf.constant(3, tf.int64), v + 1), ids)
-            return _finish(tf, ids, 0, 2, 1, self.max_length)
+            return _finish(tf, self._pieces(texts), 0, 2, 1, self.max_length)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+        def pair(self, texts, text_pairs):
+            """`<s> text </s></s> pair </s>`, token types all 0, as XLM-R's Python tokenizer gives a pair."""
+            return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((0,), (2, 2), (2,)), 1,
+                                self.max_length, 0)
 
     return WordPiece, SentencePiece
 

@@ -63,14 +63,15 @@ def exported(models, tokenizer_dir, tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("export")
     labels = {"fuse": ["neg", "neu", "pos"], "single": ["no", "yes"], "tags": ["w", "x", "y", "z"]}
     path = export_saved_model(models, str(export_dir), model_name="tasks", tokenizer=tokenizer_dir,
-                              label_names=labels, include_fusion_attentions=True)
+                              label_names=labels, include_fusion_attentions=True, text_signatures=True)
     return str(export_dir), path
 
 
-def keras_inputs(tokenizer_dir, texts=TEXTS):
+def keras_inputs(tokenizer_dir, texts=TEXTS, pairs=None, max_length=None):
     from transformers import AutoTokenizer
 
-    t = AutoTokenizer.from_pretrained(tokenizer_dir)(texts, padding=True, return_tensors="np")
+    t = AutoTokenizer.from_pretrained(tokenizer_dir)(texts, pairs, padding=True, return_tensors="np",
+                                                     truncation=max_length is not None, max_length=max_length)
     return {k: t[k].astype("int64") for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
@@ -81,7 +82,9 @@ def test_layout_assets_and_models_config(exported):
     assets = sorted(os.listdir(os.path.join(path, "assets")))
     assert "label_map.json" in assets and "vocab.txt" in assets and "tokenizer.json" in assets
     label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
-    assert label_map["tasks"]["fuse"] == {"labels": ["neg", "neu", "pos"], "problem_type": "single_label"}
+    assert label_map["tasks"]["fuse"] == {"labels": ["neg", "neu", "pos"], "problem_type": "single_label",
+                                          "text_pair": False}
+    assert label_map["max_length"] == 128
     assert label_map["signatures"]["serving_default"] == "fuse"
     assert label_map["signatures"]["all_tasks"] == ["fuse", "single", "tags"]
     config = open(os.path.join(export_dir, "models.config")).read()
@@ -366,3 +369,142 @@ def test_export_takes_the_encoders_own_tokenizer(models, tmp_path):
     path = export_saved_model(loaded, str(tmp_path), model_name="loaded", text_signatures=False)
     assert json.load(open(os.path.join(path, "assets", "label_map.json")))["tokenizer"] == minilm_dir()
     assert {"vocab.txt", "tokenizer.json"} <= set(os.listdir(os.path.join(path, "assets")))
+
+
+PAIRS = [("the movie was very good", "it is fine"), ("an awful plot", "a great story with music and a very good "
+                                                                      "actor in it"), ("it", "")]
+
+
+def test_default_export_loads_in_a_process_that_imports_only_tensorflow(models, tokenizer_dir, tmp_path):
+    """No raw-text signatures by default, so no TensorFlow Text ops: `tf.saved_model.load` alone runs it
+    (Triton's TensorFlow backend, TF Serving builds without TF Text, a plain Python service)."""
+    from keras_adapterfusion.export import export_saved_model
+
+    path = export_saved_model(models["single"], str(tmp_path / "export"), model_name="plain",
+                              tokenizer=tokenizer_dir)
+    label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
+    assert sorted(label_map["signatures"]) == ["serving_default"]
+    x = keras_inputs(tokenizer_dir)
+    np.savez(tmp_path / "in.npz", **x)
+    done = subprocess.run([sys.executable, os.path.join(SCRIPTS, "serve_saved_model.py"), path,
+                           str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["signatures"] == ["serving_default"]
+    assert not info["tensorflow_text_imported"] and not info["keras_adapterfusion_imported"]
+    logits = ops.convert_to_numpy(models["single"]({k: v.astype("int32") for k, v in x.items()}))
+    # float32 logits of magnitude ~1 through the same kernels: a few ulps apart at most
+    assert max_abs(np.load(tmp_path / "out.npz")["serving_default/logits"], logits) < 1e-5
+
+
+def test_pair_export_records_the_layout_and_its_raw_text_signature_takes_two_texts(models, tokenizer_dir, tmp_path):
+    """A pair model's raw-text signature takes `text` and `text_pair`, tokenized as the Python tokenizer
+    tokenizes a pair (truncated longest-first to the recorded max_length), and refuses a single text."""
+    import tensorflow as tf
+
+    from keras_adapterfusion.export import export_saved_model
+
+    path = export_saved_model(models["single"], str(tmp_path), model_name="nli", tokenizer=tokenizer_dir,
+                              text_signatures=True, text_pairs=True, max_length=12)
+    label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
+    assert label_map["tasks"]["default"]["text_pair"] is True and label_map["max_length"] == 12
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["serving_text"]
+    assert sorted(signature.structured_input_signature[1]) == ["text", "text_pair"]
+    by_text = signature(text=tf.constant([a for a, _ in PAIRS]), text_pair=tf.constant([b for _, b in PAIRS]))
+    x = keras_inputs(tokenizer_dir, [a for a, _ in PAIRS], [b for _, b in PAIRS], max_length=12)
+    assert x["input_ids"].shape[1] == 12 and x["token_type_ids"].max() == 1
+    by_ids = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
+    np.testing.assert_array_equal(by_text["label_ids"].numpy(), by_ids["label_ids"].numpy())
+    np.testing.assert_allclose(by_text["logits"].numpy(), by_ids["logits"].numpy(), atol=1e-6)
+    with pytest.raises(TypeError):
+        signature(text=tf.constant(["only one text"]))
+
+
+def test_text_pairs_per_task_and_all_tasks_text_only_when_they_agree(models, tokenizer_dir, tmp_path):
+    from keras_adapterfusion.export import ExportError, export_saved_model
+
+    pair = {"fuse": models["fuse"], "single": models["single"]}
+    path = export_saved_model(pair, str(tmp_path), model_name="mixed", tokenizer=tokenizer_dir,
+                              text_signatures=True, text_pairs={"single": True})
+    label_map = json.load(open(os.path.join(path, "assets", "label_map.json")))
+    assert {t: v["text_pair"] for t, v in label_map["tasks"].items()} == {"fuse": False, "single": True}
+    assert {"serving_text", "fuse_text", "single_text"} <= set(label_map["signatures"])
+    assert "all_tasks_text" not in label_map["signatures"] and "all_tasks" in label_map["signatures"]
+    with pytest.raises(ExportError, match=r"text_pairs names tasks \['nope'\]"):
+        export_saved_model(pair, str(tmp_path), model_name="x", text_pairs={"nope": True})
+    with pytest.raises(ExportError, match="text_pairs for task 'default' is 'yes'; expected True or False"):
+        export_saved_model(models["single"], str(tmp_path), model_name="x", text_pairs="yes")
+    with pytest.raises(ExportError, match="max_length 2; expected an int >= 4"):
+        export_saved_model(models["single"], str(tmp_path), model_name="x", max_length=2)
+
+
+USER_CONFIG = """# my own TF Serving config
+model_config_list {
+  config {
+    name: "elsewhere"  # served from another disk
+    base_path: "/srv/models/elsewhere"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 3 } }
+  }
+}
+"""
+
+
+def test_a_users_models_config_is_merged_never_overwritten(models, tokenizer_dir, tmp_path):
+    from keras_adapterfusion.export import export_saved_model, parse_models_config
+
+    export_dir = tmp_path / "serve"
+    export_dir.mkdir()
+    (export_dir / "models.config").write_text(USER_CONFIG)
+    export_saved_model(models["single"], str(export_dir), model_name="one", tokenizer=tokenizer_dir)
+    merged = (export_dir / "models.config").read_text()
+    assert merged.startswith(USER_CONFIG[:USER_CONFIG.rindex("}")])  # the user's text, byte for byte
+    assert parse_models_config(merged, "merged")[0] == ["elsewhere", "one"]
+    assert f'base_path: "{os.path.abspath(export_dir)}/one"' in merged
+    # a second model is merged in as well; the user's entries still as written; no duplicate
+    export_saved_model(models["single"], str(export_dir), model_name="two", tokenizer=tokenizer_dir)
+    export_saved_model(models["single"], str(export_dir), model_name="one", tokenizer=tokenizer_dir)
+    again = (export_dir / "models.config").read_text()
+    assert parse_models_config(again, "again")[0] == ["elsewhere", "one", "two"]
+    assert "served from another disk" in again and "versions: 3" in again
+    # the docker config is the package's own: rewritten whole, every model under /models
+    docker = (export_dir / "models.docker.config").read_text()
+    assert parse_models_config(docker, "docker")[0] == ["one", "two"] and "/srv" not in docker
+
+
+def test_a_models_config_it_cannot_read_is_refused_before_anything_is_written(models, tokenizer_dir, tmp_path):
+    from keras_adapterfusion.export import ExportError, export_saved_model
+
+    export_dir = tmp_path / "serve"
+    export_dir.mkdir()
+    (export_dir / "models.docker.config").write_text("not a config at all\n")
+    with pytest.raises(ExportError, match=r"models.docker.config: starts with 'not'.*not this package's; not "
+                                          r"replacing it.*--no-models-config"):
+        export_saved_model(models["single"], str(export_dir), model_name="one", tokenizer=tokenizer_dir)
+    assert sorted(os.listdir(export_dir)) == ["models.docker.config"]  # no SavedModel, no other file
+    assert (export_dir / "models.docker.config").read_text() == "not a config at all\n"
+    path = export_saved_model(models["single"], str(export_dir), model_name="one", tokenizer=tokenizer_dir,
+                              write_models_config=False)
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+    assert sorted(os.listdir(export_dir)) == ["models.docker.config", "one"]
+
+
+def test_the_packages_own_models_config_is_rewritten_and_an_edited_one_is_the_users(models, tokenizer_dir,
+                                                                                   tmp_path):
+    from keras_adapterfusion.export import export_saved_model, parse_models_config
+    from keras_adapterfusion.io import own_file
+
+    export_dir = tmp_path / "serve"
+    export_saved_model(models["single"], str(export_dir), model_name="one", tokenizer=tokenizer_dir)
+    config = export_dir / "models.config"
+    assert own_file(config)
+    config.write_text(config.read_text().replace('model_platform: "tensorflow"',
+                                                 'model_platform: "tensorflow"\n    # edited by hand'))
+    assert not own_file(config)
+    export_saved_model(models["single"], str(export_dir), model_name="two", tokenizer=tokenizer_dir)
+    text = config.read_text()
+    assert "# edited by hand" in text and parse_models_config(text, "c")[0] == ["one", "two"]
+    assert not own_file(config)  # merged: still the user's
+    assert own_file(export_dir / "models.docker.config")

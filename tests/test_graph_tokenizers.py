@@ -100,3 +100,88 @@ def test_byte_level_bpe_is_refused_with_a_reason(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(ExportError, match="bpe tokenizer has no reliable in-graph counterpart"):
         graph_tokenizer(str(tmp_path))
+
+
+def graph_pair_ids(module, firsts, seconds, chunk=1024):
+    import tensorflow as tf
+
+    out = []
+    for i in range(0, len(firsts), chunk):
+        result = module.pair(tf.constant(firsts[i:i + chunk]), tf.constant(seconds[i:i + chunk]))
+        ids, mask, types = (result[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids"))
+        out += [(row[m == 1].tolist(), t[m == 1].tolist()) for row, m, t in zip(ids, mask, types)]
+    return out
+
+
+def python_pair_ids(tokenizer, firsts, seconds, max_length):
+    batch = tokenizer(firsts, seconds, truncation=True, max_length=max_length, return_token_type_ids=True)
+    return list(zip(batch["input_ids"], batch["token_type_ids"]))
+
+
+def test_pair_lengths_follow_longest_first_for_every_length():
+    """Every pair of lengths up to 20 and every budget up to 12: the rule equals Hugging Face's truncation of
+    token lists (`longest_first`), on ints and on tensors."""
+    import tensorflow as tf
+    from transformers import AutoTokenizer
+
+    from keras_adapterfusion.graph_tokenizers import pair_lengths
+
+    hf = AutoTokenizer.from_pretrained(minilm_dir())
+    the, of = hf.convert_tokens_to_ids(["the", "of"])
+    # From 1 token of the second text: Hugging Face takes an empty second text for no pair at all.
+    cases = [(a, b, m) for m in range(1, 13) for a in range(21) for b in range(1, 21)]
+    for a, b, m in cases:  # "the" and "of" are one token each
+        ids = hf(" ".join(["the"] * a), " ".join(["of"] * b), truncation="longest_first",
+                 max_length=m + 3)["input_ids"]
+        want = (ids.count(the), ids.count(of))
+        assert pair_lengths(a, b, m) == want, (a, b, m, want)
+    first, second, budget = (tf.constant([c[i] for c in cases], tf.int64) for i in range(3))
+    got = tf.stack(pair_lengths(first, second, budget), axis=1).numpy().tolist()
+    assert got == [list(pair_lengths(a, b, m)) for a, b, m in cases]
+
+
+@pytest.mark.parametrize("max_length", [4, 5, 12, 64])
+def test_wordpiece_pair_graph_equals_the_python_tokenizer(max_length):
+    """Sentence pairs (consecutive offline texts), at lengths that truncate most pairs and at one that
+    truncates few: the same ids and token types as the Python tokenizer."""
+    from transformers import AutoTokenizer
+
+    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+
+    texts = corpora()[:4001]
+    firsts, seconds = texts[:-1], texts[1:]
+    python = python_pair_ids(AutoTokenizer.from_pretrained(minilm_dir()), firsts, seconds, max_length)
+    graph = graph_pair_ids(graph_tokenizer(minilm_dir(), max_length=max_length), firsts, seconds)
+    different = [i for i, (a, b) in enumerate(zip(graph, python)) if a != b]
+    assert not different, [(firsts[i][:40], seconds[i][:40], graph[i], python[i]) for i in different[:2]]
+    assert {len(ids) for ids, _ in graph} >= {max_length}
+
+
+@pytest.mark.parametrize("max_length", [5, 12, 64])
+def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length):
+    """XLM-R's pair layout `<s> a </s></s> b </s>`, token types 0; pairs whose single texts segment alike
+    (the ties of the test above aside) get the same ids."""
+    from transformers import AutoTokenizer
+
+    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+
+    hf = AutoTokenizer.from_pretrained(XLMR_STYLE)
+    module = graph_tokenizer(XLMR_STYLE, max_length=512)
+    texts = corpora()[:3001]
+    singles = graph_ids(module, texts)
+    python_singles = hf(texts, truncation=True, max_length=512)["input_ids"]
+    same = [i for i in range(len(texts) - 1) if singles[i] == python_singles[i] and singles[i + 1] == python_singles[i + 1]]
+    assert len(same) > 0.99 * (len(texts) - 1)
+    firsts, seconds = [texts[i] for i in same], [texts[i + 1] for i in same]
+    python = python_pair_ids(hf, firsts, seconds, max_length)
+    graph = graph_pair_ids(graph_tokenizer(XLMR_STYLE, max_length=max_length), firsts, seconds)
+    different = [i for i, (a, b) in enumerate(zip(graph, python)) if a != b]
+    assert not different, [(firsts[i][:40], seconds[i][:40], graph[i], python[i]) for i in different[:2]]
+
+
+def test_graph_tokenizer_refuses_a_max_length_without_room_for_a_pair():
+    from keras_adapterfusion.errors import ExportError
+    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+
+    with pytest.raises(ExportError, match=r"max_length 3; expected an int >= 4"):
+        graph_tokenizer(minilm_dir(), max_length=3)

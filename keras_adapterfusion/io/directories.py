@@ -12,6 +12,12 @@ the demo's output and SavedModel exports. It
 3. swaps it in with two renames (the earlier save moves aside to
    `.<name>.kaf-old`, the new one moves in), then deletes the earlier save.
 
+Single files written beside a user's own files (an export's `models.config`)
+follow the same rule through `write_own_file`: a hidden ledger beside them,
+`.keras_adapterfusion.files.json`, records the SHA-256 of each file the package
+wrote, and a file that is not in it, or was changed since, is never replaced
+(`own_file` tells which).
+
 A process killed at any point leaves the path, or one of the two siblings,
 holding a complete save: `saved_directory(path)` is what every loader calls to
 find it (the path itself when it exists; otherwise the complete new save, or
@@ -30,6 +36,7 @@ config = os.path.join(saved_directory("artefacts/sentiment"), "module.json")
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +47,8 @@ from keras_adapterfusion.version import __version__
 
 MANIFEST = ".keras_adapterfusion.json"
 MANIFEST_FORMAT = "keras_adapterfusion.save"
+OWN_FILES = ".keras_adapterfusion.files.json"
+OWN_FILES_FORMAT = "keras_adapterfusion.files"
 
 # Called with the name of each file-system step just before it happens; the
 # crash tests set it to kill the process at a chosen step. None otherwise.
@@ -284,3 +293,69 @@ def write_directory(directory, kind, replace=True):
     if moved_aside:
         _remove_tree(old, "swap:remove-old")
     _step("done")
+
+
+# ------------------------------------------------------ single files beside a user's
+def _ledger(directory):
+    """File name -> SHA-256 of the files the package wrote in `directory` ({} when none or unreadable)."""
+    try:
+        with open(os.path.join(directory, OWN_FILES), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) and data.get("format") == OWN_FILES_FORMAT else None
+    return {k: v for k, v in files.items() if isinstance(v, str)} if isinstance(files, dict) else {}
+
+
+def _write_ledger(directory, files):
+    from keras_adapterfusion.io.files import write_json
+
+    write_json(os.path.join(directory, OWN_FILES), {"format": OWN_FILES_FORMAT, "files": files})
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def own_file(path):
+    """Whether `path` is a file this package wrote (with `write_own_file`) and nobody has changed since."""
+    path = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(path)
+    recorded = _ledger(directory).get(name)
+    return recorded is not None and os.path.isfile(path) and not os.path.islink(path) and _sha256(path) == recorded
+
+
+def write_own_file(path, text, own=True):
+    """Write `text` to `path` atomically, refusing to replace a file the package did not write.
+
+    Args:
+        path: the file.
+        text: its new content.
+        own: record the file as the package's own (the default). `False` writes a file that
+            stays the user's (for example their TF Serving config with a model merged in): it is
+            replaced even though the package did not write it, and is not recorded, so later
+            writes treat it as the user's again.
+
+    Raises:
+        SaveError: `path` is a directory or a link, or (with `own=True`) a file the package did
+            not write or that was changed since it did.
+    """
+    from keras_adapterfusion.io.files import atomic_file
+
+    path = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(path)
+    if os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path)):
+        raise SaveError(f"{path}: is not a plain file; refusing to replace it.")
+    if own and os.path.exists(path) and not own_file(path):
+        raise SaveError(f"{path}: is not a file this package wrote (or was changed since); refusing to replace "
+                        "it. Move it away or write elsewhere.")
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    ledger = _ledger(directory)
+    if own:
+        ledger[name] = _sha256(path)
+    else:
+        ledger.pop(name, None)
+    _write_ledger(directory, ledger)
