@@ -34,7 +34,12 @@ from keras_adapterfusion.errors import (
     SaveError,
     ServingError,
 )
+from keras_adapterfusion.startup_logs import quiet_startup
 from keras_adapterfusion.version import __version__
+
+# TensorFlow's and transformers' start-up lines stay off the terminal, from Python as from the CLI
+# (KERAS_ADAPTERFUSION_SHOW_STARTUP_LOGS=1 shows them); no logging setting of the user's changes.
+quiet_startup()
 
 # Public names that need Keras, and the module each lives in.
 _LAZY = {
@@ -53,8 +58,8 @@ _LAZY = {
     "MultiTaskModel": "keras_adapterfusion.models",
 }
 _SUBMODULES = ("adapterhub", "analysis", "backbones", "builders", "cli", "configs", "demo", "errors", "experiments",
-               "export", "heads", "inputs", "io", "layers", "models", "names", "saving", "serving", "tasks",
-               "trainable", "training", "tuning", "version")
+               "export", "heads", "inputs", "io", "layers", "models", "names", "saving", "serving", "startup_logs",
+               "tasks", "trainable", "training", "tuning", "version")
 # The modules that define Keras-serializable classes (`register_keras_serializable`).
 _KERAS_SERIALIZABLES = ("keras_adapterfusion.layers", "keras_adapterfusion.backbones.transformer_encoder",
                         "keras_adapterfusion.models", "keras_adapterfusion.heads", "keras_adapterfusion.training")
