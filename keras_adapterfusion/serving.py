@@ -45,7 +45,7 @@ import numpy as np
 
 from keras_adapterfusion.errors import ServingError
 
-__all__ = ["INPUT_NAMES", "PROBLEM_TYPES", "ServingClient", "ServingError"]
+__all__ = ["INPUT_NAMES", "PROBLEM_TYPES", "ServingClient", "ServingError", "expects_pairs"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression", "multiple_choice")
@@ -84,6 +84,15 @@ def _check_label_map(label_map, source, error):
     signatures = label_map.get("signatures", {})
     if not isinstance(signatures, Mapping):
         fail(f"'signatures' is {signatures!r}; expected an object signature name -> task(s).")
+
+
+def expects_pairs(label_map, signature_name):
+    """Whether the task(s) a signature serves take sentence pairs, as the export recorded it
+    (`"text_pair"` per task); `None` when it did not record it, or the tasks of `all_tasks` disagree."""
+    target = label_map.get("signatures", {}).get(signature_name, signature_name)
+    tasks = target if isinstance(target, list) else [target]
+    layouts = {label_map["tasks"].get(t, {}).get("text_pair") for t in tasks}
+    return layouts.pop() if len(layouts) == 1 else None
 
 
 def _read_label_map(path):
@@ -367,14 +376,21 @@ class ServingClient:
         tokenizer: a `transformers` tokenizer, or a directory (e.g. an export's `assets/`) to load one from.
         label_map: the `label_map.json` content the export wrote:
             `{"tasks": {task: {"labels": [...], "problem_type": ...}}, "signatures": {...}}`.
-        max_length: truncation length.
+        max_length: truncation length (special tokens included); by default the label map's
+            `max_length` (the length the export recorded), else 128.
+
+    Texts are checked against the layout the export recorded for the signature's task(s)
+    (`"text_pair"` in the label map): a pair model refuses single texts and a single-text
+    model refuses `(text, pair)` tuples, with a `ValueError` in one line.
 
     Raises:
         ValueError: `label_map` does not have that shape.
     """
 
-    def __init__(self, tokenizer, label_map, max_length=128):
+    def __init__(self, tokenizer, label_map, max_length=None):
         _check_label_map(label_map, "label_map", ValueError)
+        if max_length is None:
+            max_length = label_map.get("max_length") or 128
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
 
@@ -384,12 +400,12 @@ class ServingClient:
         self.max_length = max_length
 
     @classmethod
-    def from_export(cls, version_dir, max_length=128):
+    def from_export(cls, version_dir, max_length=None):
         """A client for the SavedModel in `version_dir`, using its `assets/` (tokenizer and `label_map.json`).
 
         Args:
             version_dir: an exported version directory (`<export_dir>/<model>/<version>`).
-            max_length: truncation length.
+            max_length: truncation length; by default the one `label_map.json` records.
 
         Returns:
             A `ServingClient`.
@@ -433,7 +449,8 @@ class ServingClient:
         """Run the exported SavedModel in this process (no server): one prediction dict per text.
 
         Needs TensorFlow (and TensorFlow Text for an export with raw-text signatures);
-        the client must come from `from_export`. See `predictions_from_outputs`.
+        the client must come from `from_export`. Each dict is as `predictions_from_outputs`
+        gives it, plus `truncated`: whether the text (or pair) was cut to `max_length`.
         """
         if not getattr(self, "version_dir", None):
             raise ValueError("serving: predict_local needs a client made with ServingClient.from_export(dir).")
@@ -449,30 +466,73 @@ class ServingClient:
         if signature_name not in self._loaded.signatures:
             raise ValueError(f"serving: {self.version_dir} has no signature {signature_name!r}; it has "
                              f"{sorted(self._loaded.signatures)}.")
+        texts = self.check_texts(texts, signature_name)
         dtype = tf.as_dtype(self.label_map.get("input_dtype", "int64"))
         inputs = {k: tf.constant(v, dtype) for k, v in self.encode(texts).items()}
         outputs = {k: v.numpy() for k, v in self._loaded.signatures[signature_name](**inputs).items()}
-        return self.predictions_from_outputs(outputs, signature_name, len(inputs["input_ids"]))
+        predictions = self.predictions_from_outputs(outputs, signature_name, len(inputs["input_ids"]))
+        return self._with_truncation(predictions, texts)
 
     # ------------------------------------------------------------- requests
+    def expects_pairs(self, signature_name="serving_default"):
+        """Whether the signature's task takes sentence pairs; see the module's `expects_pairs`."""
+        return expects_pairs(self.label_map, signature_name)
+
+    def check_texts(self, texts, signature_name="serving_default"):
+        """`texts` as a list, checked against the layout the export recorded for the signature.
+
+        Raises:
+            ValueError: no texts; a mix of single texts and pairs; single texts for a pair model, or
+                pairs for a single-text model (one line, saying what the model expects).
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("serving: got no texts; expected at least one.")
+        is_pair = [isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(p, str) for p in t) for t in texts]
+        bad = next((t for t, p in zip(texts, is_pair) if not p and not isinstance(t, str)), None)
+        if bad is not None:
+            raise ValueError(f"serving: got {_quote(bad, 80, text=True)}; expected a string or a (text, pair) "
+                             "tuple of strings.")
+        if any(is_pair) and not all(is_pair):
+            raise ValueError("serving: got single texts and (text, pair) tuples mixed; expected one kind.")
+        expects = self.expects_pairs(signature_name)
+        if expects is True and not is_pair[0]:
+            raise ValueError(f"serving: signature {signature_name!r} serves a model trained on sentence pairs; "
+                             "got single texts. Pass (text, pair) tuples (the CLI: --text A --text-pair B).")
+        if expects is False and is_pair[0]:
+            raise ValueError(f"serving: signature {signature_name!r} serves a model trained on single texts; got "
+                             "(text, pair) tuples. Pass one string per example.")
+        return texts
+
+    def truncated(self, texts):
+        """One bool per text (or `(text, pair)` tuple): whether it takes more than `max_length` tokens."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if texts and isinstance(texts[0], (tuple, list)):
+            ids = self.tokenizer([t[0] for t in texts], [t[1] for t in texts], truncation=False)["input_ids"]
+        else:
+            ids = self.tokenizer(texts, truncation=False)["input_ids"]
+        return [len(row) > self.max_length for row in ids]
+
+    def _with_truncation(self, predictions, texts):
+        for prediction, cut in zip(predictions, self.truncated(texts)):
+            prediction["truncated"] = cut
+        return predictions
+
     def encode(self, texts):
         """Tokenize `texts` into int64 arrays padded to the longest.
 
         Args:
-            texts: a string, or a list of strings or of `(text, pair)` tuples.
+            texts: a string, or a list of strings or of `(text, pair)` tuples (not checked against
+                the model's layout here: the request methods do that, knowing the signature).
 
         Returns:
             A dict `input_ids`, `attention_mask`, `token_type_ids` -> int64 array `[len(texts), tokens]`.
 
         Raises:
-            ValueError: `texts` is empty.
+            ValueError: `texts` is empty, or mixes single texts and pairs.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise ValueError("serving: got no texts; expected at least one.")
-        if all(isinstance(t, (tuple, list)) and len(t) == 2 for t in texts):
+        texts = self.check_texts(texts, signature_name=None)
+        if isinstance(texts[0], (tuple, list)):
             first, second = [t[0] for t in texts], [t[1] for t in texts]
             batch = self.tokenizer(first, second, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="np")
@@ -494,8 +554,11 @@ class ServingClient:
 
         Returns:
             `{"signature_name": ..., "instances": [{input name: token list}, ...]}`, one instance per text.
+
+        Raises:
+            ValueError: as `check_texts` (the wrong layout for the signature's model).
         """
-        arrays = self.encode(texts)
+        arrays = self.encode(self.check_texts(texts, signature_name))
         n = arrays["input_ids"].shape[0]
         instances = [{k: arrays[k][i].tolist() for k in INPUT_NAMES} for i in range(n)]
         return {"signature_name": signature_name, "instances": instances}
@@ -514,7 +577,9 @@ class ServingClient:
 
         Raises:
             ImportError: tensorflow-serving-api (or TensorFlow) is not installed.
+            ValueError: as `check_texts` (the wrong layout for the signature's model).
         """
+        texts = self.check_texts(texts, signature_name)
         try:
             import tensorflow as tf
             from tensorflow_serving.apis import predict_pb2
@@ -762,7 +827,7 @@ class ServingClient:
             timeout: seconds for the whole request: connecting (name lookup included), sending, and
                 reading the full reply. A finite number > 0.
             details: return one dict per text (`label`, `probability`, `probabilities`; see
-                `predictions_from_outputs`) instead of the labels.
+                `predictions_from_outputs`; and `truncated`) instead of the labels.
 
         Returns:
             One label per text, as `labels_from_outputs` gives them (or dicts, with `details`).
@@ -790,4 +855,4 @@ class ServingClient:
         if not details:
             return labels
         outputs = {k: [p[k] for p in response["predictions"]] for k in response["predictions"][0]}
-        return self.predictions_from_outputs(outputs, signature_name, len(labels))
+        return self._with_truncation(self.predictions_from_outputs(outputs, signature_name, len(labels)), texts)

@@ -96,6 +96,9 @@ def test_export_from_run_directory(runs, tmp_path):
     assert code == 0
     label_map = read(tmp_path / "tweets" / "1" / "assets" / "label_map.json")
     assert label_map["tasks"]["default"]["labels"] == ["negative", "positive"]  # from the saved head
+    assert label_map["tasks"]["default"]["text_pair"] is False
+    assert label_map["max_length"] == 24  # the run's --max-length, not a default
+    assert sorted(label_map["signatures"]) == ["serving_default"]  # raw text only when asked
     assert os.path.isfile(tmp_path / "tweets" / "1" / "assets" / "tokenizer.json")  # the encoder's own
 
 
@@ -246,3 +249,53 @@ def test_own_csv_from_training_to_a_served_prediction(tmp_path, capsys):
                      "--text-column", "sentence", "--label-column", "sentiment", "--output",
                      str(tmp_path / "again.json")]) == 0
     assert read(tmp_path / "again.json")["accuracy"] == read(tmp_path / "fuse" / "metrics.json")["accuracy"]
+
+
+def test_sentence_pairs_from_training_to_a_prediction(tmp_path, capsys):
+    """A JSON Lines file of pairs: head-only, export --run-dir (the run's layout and max_length), then predict
+    with --text/--text-pair and with --file, matching the Python tokenizer's pair encoding; a single text is
+    refused in one line; a long pair is reported as truncated."""
+    from keras_adapterfusion.serving import ServingClient
+    from keras_adapterfusion.tasks.offline_data import prepared_split
+
+    texts, labels, _ = prepared_split("vader_sentiment/tweets", "train", limit=33)
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w") as f:
+        for i in range(32):
+            f.write(json.dumps({"premise": texts[i], "hypothesis": texts[i + 1], "label": ["no", "yes"][labels[i]]})
+                    + "\n")
+    assert cli.main(["head-only", "--train-file", str(path), "--text-column", "premise", "--text-pair-column",
+                     "hypothesis", "--max-length", "20", "--epochs", "1", "--batch-size", "16",
+                     "--output-dir", str(tmp_path / "run")]) == 0
+    assert cli.main(["export", "--run-dir", str(tmp_path / "run"), "--export-dir", str(tmp_path / "export"),
+                     "--model-name", "nli"]) == 0
+    assert "inputs: sentence pairs, max_length 20" in capsys.readouterr().out
+    version = str(tmp_path / "export" / "nli" / "1")
+    label_map = read(os.path.join(version, "assets", "label_map.json"))
+    assert label_map["tasks"]["default"]["text_pair"] is True and label_map["max_length"] == 20
+
+    short_pair = ("a good day", "not bad")  # 3 + 2 word pieces and 3 special tokens: fits in 20
+    long_pair = (" ".join(["very"] * 30), "short")
+    assert cli.main(["predict", "--export", version, "--text", short_pair[0], "--text-pair", short_pair[1],
+                     "--text", long_pair[0], "--text-pair", long_pair[1], "--format", "jsonl"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [(r["text"], r["text_pair"]) for r in rows] == [short_pair, long_pair]
+    assert [r["truncated"] for r in rows] == [False, True]
+    assert "note: 1 of 2 pairs were longer than max_length 20 tokens and were truncated" in err
+    client = ServingClient.from_export(version)
+    assert client.max_length == 20
+    expected = client.predict_local([short_pair, long_pair])
+    assert [r["probabilities"] for r in rows] == [e["probabilities"] for e in expected]
+    encoded = client.encode([long_pair])
+    assert encoded["input_ids"].shape[1] == 20 and encoded["token_type_ids"].max() == 1
+
+    assert cli.main(["predict", "--export", version, "--file", str(path), "--text-column", "premise",
+                     "--text-pair-column", "hypothesis"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 32 and lines[0].split("\t")[2:] == [texts[0], texts[1]]
+
+    assert cli.main(["predict", "--export", version, "--text", "a single text"]) == 2
+    assert "trained on sentence pairs; got single texts" in one_error_line(capsys)
+    with pytest.raises(ValueError, match="trained on sentence pairs; got single texts"):
+        client.predict_local(["a single text"])

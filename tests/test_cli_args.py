@@ -18,7 +18,7 @@ import zipfile
 
 import pytest
 
-from keras_adapterfusion import cli
+from keras_adapterfusion import cli, startup_logs
 from keras_adapterfusion.backbones.checkpoint import DEFAULT_ENCODER, resolve_checkpoint
 from keras_adapterfusion.io.directories import MANIFEST, MANIFEST_FORMAT
 
@@ -136,6 +136,17 @@ def ws(tmp_path_factory):
     with open(p["texts_latin1"], "wb") as f:
         f.write("caf\xe9\n".encode("latin-1"))
     p["texts"] = _write(os.path.join(root, "texts.txt"), "good\nbad\n")
+    # sentence pairs: a run of a pair task, exports that record their layout, pair files
+    p["pair_run"] = _saved(os.path.join(root, "pair_run"), "run", {"run.json": {**run, "task": "rte", "max_length": 40}})
+    for key, pair in (("pair_export", True), ("single_export", False)):
+        p[key] = os.path.join(root, key, "m", "1")
+        _write(os.path.join(p[key], "assets", "label_map.json"), {
+            "tasks": {"default": {**label_map["tasks"]["default"], "text_pair": pair}},
+            "signatures": label_map["signatures"], "max_length": 40})
+    p["pairs_jsonl"] = _write(os.path.join(root, "pairs.jsonl"), '{"premise": "a dog runs", "hypothesis": "an animal '
+                              'moves"}\n\n{"premise": "it rains", "hypothesis": "it is dry"}\n')
+    p["pairs_tsv"] = _write(os.path.join(root, "pairs.tsv"), "premise\thypothesis\na dog runs\tan animal moves\n")
+    p["pairs_empty_cell"] = _write(os.path.join(root, "pairs_empty.csv"), "premise,hypothesis\na dog,\n")
     return p
 
 
@@ -333,10 +344,30 @@ CASES += [
     (["predict", "--server", "http://h:1", "--export", "{export}", "--file", "{root}/nope.txt"], ["--file",
                                                                                                  "missing"]),
     (["predict", "--server", "http://h:1", "--export", "{export}", "--file", "{texts_blank}"], ["--file", "blank.txt",
-                                                                                               "no non-blank"]),
+                                                                                               "holds no text"]),
     (["predict", "--server", "http://h:1", "--export", "{export}", "--file", "{texts_latin1}"], ["--file",
                                                                                                 "not UTF-8"]),
     (["predict", "--server", "http://h:1", "--export", "{export}", "--file", "{root}"], ["--file", "a directory"]),
+    # sentence pairs: the layout the export recorded is the one accepted
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--text", "hi"],
+     ["--export", "trained on sentence pairs; got single texts", "--text-pair"]),
+    (["predict", "--server", "http://h:1", "--export", "{single_export}", "--text", "a", "--text-pair", "b"],
+     ["--export", "trained on single texts; got pairs"]),
+    (["predict", "--server", "http://h:1", "--export", "{single_export}", "--file", "{pairs_jsonl}", "--text-column",
+      "premise", "--text-pair-column", "hypothesis"], ["trained on single texts; got pairs"]),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--text", "a", "--text", "b",
+      "--text-pair", "x"], ["--text-pair: given 1 times for 2 --text"]),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--file", "{texts}", "--text-pair-column",
+      "h"], ["--text-pair-column", "plain text"]),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--file", "{pairs_jsonl}"],
+     ["--file", "pairs.jsonl", "has no text column 'text'", "premise"]),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--file", "{pairs_empty_cell}",
+      "--text-column", "premise", "--text-pair-column", "hypothesis"],
+     ["--file", "pairs_empty.csv:2", "'hypothesis'", "expected a non-empty text"]),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--text", "a", "--text-pair", "b",
+      "--file", "{texts}"], ["--file and --text: one gives pairs and the other single texts"]),
+    (EXPORT + ["--text-pairs"], ["--text-pairs", "trained on single texts", "records its own layout"]),
+    (EXPORT + ["--max-length", "3"], ["--max-length", "'3'", "expected an integer >= 4"]),
     # the command line itself
     ([], ["expected a command", "train-adapter"]),
     (["train"], ["invalid choice: 'train'"]),
@@ -395,6 +426,23 @@ GOOD = [
     (EXPORT + ["--labels", "bad,good", "--version", "7", "--model-name", "tweets"], {"labels": ["bad", "good"]}),
     (["export", "--model", "{keras_zip}", "--export-dir", "{root}/exp"], {"tokenizer": None}),
     (PREDICT + ["--file", "{texts}", "--version", "3"], {"texts": ["hi", "good", "bad"]}),
+    (EXPORT, {"max_length": 16, "text_pairs": False, "text_signatures": False, "no_models_config": False}),
+    (["export", "--run-dir", "{pair_run}", "--export-dir", "{root}/exp"], {"max_length": 40, "text_pairs": True}),
+    (["export", "--run-dir", "{pair_run}", "--export-dir", "{root}/exp", "--max-length", "64", "--text-signatures",
+      "--no-models-config"], {"max_length": 64, "text_pairs": True, "text_signatures": True,
+                              "no_models_config": True}),
+    (["export", "--model", "{keras_zip}", "--export-dir", "{root}/exp", "--text-pairs"],
+     {"max_length": 128, "text_pairs": True}),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--text", "a", "--text-pair", "b",
+      "--text", "c", "--text-pair", "d"], {"texts": [("a", "b"), ("c", "d")]}),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--file", "{pairs_jsonl}", "--text-column",
+      "premise", "--text-pair-column", "hypothesis"],
+     {"texts": [("a dog runs", "an animal moves"), ("it rains", "it is dry")]}),
+    (["predict", "--server", "http://h:1", "--export", "{pair_export}", "--text", "x", "--text-pair", "y",
+      "--file", "{pairs_tsv}", "--text-column", "premise", "--text-pair-column", "hypothesis"],
+     {"texts": [("x", "y"), ("a dog runs", "an animal moves")]}),
+    (["predict", "--server", "http://h:1", "--export", "{single_export}", "--file", "{pairs_tsv}",
+      "--text-column", "hypothesis"], {"texts": ["an animal moves"]}),
 ]
 
 
@@ -432,6 +480,35 @@ def test_export_needs_the_tensorflow_backend(ws, tripwires, capsys, monkeypatch)
     monkeypatch.setattr(cli.checks, "keras_backend", lambda: "jax")
     assert cli.main(fill(EXPORT, ws)) == 2
     assert "export needs KERAS_BACKEND=tensorflow (it is 'jax')" in one_error_line(capsys)
+
+
+def test_an_interrupted_training_command_says_how_to_continue(ws, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.startup, "quiet_startup", lambda: None)
+    monkeypatch.setattr(cli.commands, "cmd_head_only", interrupted)
+    monkeypatch.setattr(cli.commands, "cmd_predict", interrupted)
+    assert cli.main(fill(TRAIN, ws)) == 130
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"{PROG}: interrupted; rerun the same command with --resume to continue")
+    assert "without --resume discards that saved state" in line and "\n" not in line
+    assert cli.main(fill(PREDICT, ws)) == 130  # nothing to resume: the plain line
+    assert capsys.readouterr().err.strip() == f"{PROG}: interrupted"
+
+
+def test_a_metric_that_does_not_move_gets_a_note_pointing_to_the_learning_rate_guidance():
+    from keras_adapterfusion.cli.commands import stalled_metrics_note
+
+    stalled = {"loss": [0.7, 0.69], "accuracy": [0.6, 0.61], "val_loss": [0.7, 0.7], "val_accuracy": [0.5, 0.5]}
+    note = stalled_metrics_note(stalled, None)
+    assert note.startswith("note: val_accuracy 0.5000: the same in all 2 epochs")
+    assert "default learning rate" in note and "docs/training.md" in note and "--learning-rate 1e-3" in note
+    assert "learning rate 5e-05" in stalled_metrics_note(stalled, 5e-5)
+    assert stalled_metrics_note({"loss": [0.7, 0.7], "accuracy": [0.5, 0.6]}, None) is None  # a loss: not a metric
+    assert stalled_metrics_note({"accuracy": [0.5]}, None) is None  # one epoch: nothing to compare
+    assert "Learning rates for small data" in open(os.path.join(os.path.dirname(__file__), "..", "docs",
+                                                                "training.md")).read()
 
 
 def test_keras_backend_is_read_without_importing_keras(monkeypatch, tmp_path):
@@ -475,20 +552,20 @@ def test_startup_noise_filter():
         "E0000 00:00:1.4 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
         "a real warning\n"
     )
-    assert cli.startup.startup_lines_to_keep(text) == "a real warning\n"
+    assert startup_logs.startup_lines_to_keep(text) == "a real warning\n"
     # With a CUDA driver, a failing cuInit is news and stays.
     with_driver = "E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
-    assert cli.startup.startup_lines_to_keep(with_driver) == with_driver
+    assert startup_logs.startup_lines_to_keep(with_driver) == with_driver
 
 
 def test_tensorflow_imported_later_stays_quiet():
     """Whoever imports TensorFlow after `main` has checked the arguments, its start-up lines are filtered."""
     code = (
         "import os\n"
-        "from keras_adapterfusion import cli\n"
-        "with cli.startup.startup_lines_filtered():\n"
+        "from keras_adapterfusion import startup_logs\n"
+        "with startup_logs.startup_lines_filtered():\n"
         "    os.write(2, b'a line that stays\\nI0000 1 cpu_feature_guard.cc:227] noise\\n')\n"
-        "cli.startup.quiet_startup()\n"
+        "startup_logs.quiet_startup()\n"
         "import tensorflow as tf\n"
         "print(tf.constant(2).numpy() + 1)\n"
     )
@@ -499,6 +576,28 @@ def test_tensorflow_imported_later_stays_quiet():
     assert "a line that stays" in done.stderr
     for line in STARTUP_LINES + ("noise",):
         assert line not in done.stderr, done.stderr
+
+
+def test_the_library_is_quiet_from_python_and_shows_the_lines_when_asked():
+    """`import keras_adapterfusion` then TensorFlow and transformers: none of their start-up lines, the user's
+    TF_CPP_MIN_LOG_LEVEL and logging untouched; KERAS_ADAPTERFUSION_SHOW_STARTUP_LOGS=1 shows them."""
+    code = (
+        "import logging, os\n"
+        "import keras_adapterfusion\n"
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), logging.getLogger().level)\n"
+        "import tensorflow as tf\n"
+        "import transformers\n"
+        "print(tf.constant(2).numpy() + 1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", startup_logs.SHOW_ENV)}
+    done = _run([sys.executable, "-c", code], env=dict(env, KERAS_BACKEND="tensorflow"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["None", "30", "3"]
+    for line in STARTUP_LINES + ("PyTorch was not found",):
+        assert line not in done.stderr, done.stderr
+    shown = _run([sys.executable, "-c", code], env=dict(env, KERAS_BACKEND="tensorflow",
+                                                         **{startup_logs.SHOW_ENV: "1"}))
+    assert shown.returncode == 0 and any(line in shown.stderr for line in STARTUP_LINES), shown.stderr[-2000:]
 
 
 def test_seed_everything_seeds_dropout_and_turns_on_op_determinism():

@@ -207,6 +207,16 @@ def build_parser():
                    help="comma-separated label names (default: the ones the model was trained with)")
     p.add_argument("--input-dtype", choices=["int32", "int64"], default="int64")
     p.add_argument("--fusion-attentions", action="store_true", help="also output fusion_attentions")
+    p.add_argument("--text-signatures", action="store_true",
+                   help="also add signatures that take raw text, tokenized in the graph (needs TensorFlow Text "
+                        "ops wherever the model is loaded; see docs/serving.md)")
+    p.add_argument("--max-length", type=checks.integer(4), default=None,
+                   help="truncation length recorded for clients and used by the raw-text signatures "
+                        "(default: the run's; 128 for --model)")
+    p.add_argument("--text-pairs", action="store_true",
+                   help="with --model: the model takes sentence pairs (a --run-dir records its own layout)")
+    p.add_argument("--no-models-config", action="store_true",
+                   help="do not write models.config / models.docker.config beside the model directories")
     p.set_defaults(func="cmd_export", check=checks.check_export)
 
     p = sub.add_parser("predict", help="label text with an exported model, in this process or on TF Serving")
@@ -218,7 +228,13 @@ def build_parser():
     p.add_argument("--signature", default="serving_default")
     p.add_argument("--version", type=checks.integer(1, INT64_MAX), default=None)
     p.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
-    p.add_argument("--file", default=None, help="a UTF-8 file with one text per line")
+    p.add_argument("--text-pair", action="append", default=[],
+                   help="the second text of a pair, one per --text (repeatable), for a model trained on pairs")
+    p.add_argument("--file", default=None,
+                   help="texts to label: CSV (.csv), TSV (.tsv, .tab) or JSON Lines (.jsonl, .ndjson) with "
+                        "--text-column (and --text-pair-column for pairs); any other file: one text per line")
+    p.add_argument("--text-column", default="text", help="--file's text column (default: text)")
+    p.add_argument("--text-pair-column", default=None, help="--file's second text column, for sentence pairs")
     p.add_argument("--format", choices=["text", "jsonl"], default="text",
                    help="text: 'label<TAB>probability<TAB>text' per line; jsonl: one JSON object per text with "
                         "every label's probability")
@@ -247,7 +263,8 @@ def main(argv=None):
         print(f"{PROG}: error: {checks.first_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted" + (checks.RESUME_NOTE if getattr(args, "resume", None) is not None else ""),
+              file=sys.stderr)
         return 130
 
 

@@ -45,6 +45,10 @@ INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 # The package's own errors: raised while loading, they end as one line too.
 PACKAGE_ERRORS = (CheckpointError, ExportError, InputError, InvalidNameError, SaveError, ServingError)
+#: Added to the "interrupted" line of a training command.
+RESUME_NOTE = ("; rerun the same command with --resume to continue from the last finished epoch (a rerun "
+               "without --resume discards that saved state and starts over)")
+
 COMMANDS = ("train-adapter", "fuse", "tune", "finetune", "head-only", "evaluate", "demo", "export", "predict")
 TRAINING_COMMANDS = ("train-adapter", "fuse", "finetune", "head-only")
 
@@ -489,8 +493,24 @@ def check_export(args):
         check_file("--model", args.model, ".keras")
         if not zipfile.is_zipfile(args.model):
             fail(f"--model {args.model!r}: is not a .keras archive (not a zip file)")
+        args.max_length = args.max_length or 128
     else:
         run, task = check_run_dir("--run-dir", args.run_dir)
+        if task.layout == "multiple_choice" and args.text_signatures:
+            fail(f"--text-signatures: run {args.run_dir!r} is a multiple-choice task; raw-text signatures take "
+                 "single texts or pairs")
+        if args.text_pairs and task.layout != "pair":
+            fail(f"--text-pairs: run {args.run_dir!r} was trained on {task.layout} texts (run.json); leave the "
+                 "flag out, a run records its own layout")
+        args.text_pairs = task.layout == "pair"
+        if args.max_length is None:
+            from keras_adapterfusion.io.files import json_field
+
+            try:
+                args.max_length = json_field(run, "max_length", os.path.join(args.run_dir, "run.json"), int,
+                                             default=128, check=lambda v: v >= 4, expected="an integer >= 4")
+            except CheckpointError as e:
+                fail(f"--run-dir {args.run_dir!r}: {first_line(e)}")
         check_encoder(run["encoder"], f"--run-dir {args.run_dir!r}: run.json's encoder {run['encoder']!r}",
                       tokenizer=args.tokenizer is None)
         if args.labels is not None and len(args.labels) != task.num_labels:
@@ -516,7 +536,7 @@ def check_export(args):
 
 
 def check_predict(args):
-    from keras_adapterfusion.serving import _read_label_map
+    from keras_adapterfusion.serving import _read_label_map, expects_pairs
 
     if not os.path.isdir(args.export):
         fail(f"--export {args.export!r}: not a directory; expected an exported version directory "
@@ -539,20 +559,51 @@ def check_predict(args):
         if importlib.util.find_spec("tensorflow") is None:
             fail("--export without --server runs the SavedModel in this process, which needs TensorFlow (not "
                  "installed); pass --server URL to ask a running TF Serving instead")
-    texts = list(args.text)
+    args.texts = _predict_texts(args)
+    expects = expects_pairs(label_map, args.signature)
+    given_pairs = isinstance(args.texts[0], tuple)
+    if expects is True and not given_pairs:
+        fail(f"--export {args.export!r}: the model was trained on sentence pairs; got single texts. Pass "
+             "--text A --text-pair B, or --file with --text-column and --text-pair-column")
+    if expects is False and given_pairs:
+        fail(f"--export {args.export!r}: the model was trained on single texts; got pairs (--text-pair or "
+             "--text-pair-column). Pass one text per example")
+
+
+def _predict_texts(args):
+    """The texts of --text/--text-pair and --file: strings, or (text, pair) tuples."""
+    from keras_adapterfusion.tasks.user_data import FORMATS, DataError, read_texts
+
+    if args.text_pair and len(args.text_pair) != len(args.text):
+        fail(f"--text-pair: given {len(args.text_pair)} times for {len(args.text)} --text; expected one "
+             "--text-pair per --text")
+    texts = list(zip(args.text, args.text_pair)) if args.text_pair else list(args.text)
     if args.file is not None:
         check_file("--file", args.file)
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                texts += [line.rstrip("\n") for line in f if line.strip()]
-        except UnicodeDecodeError as e:
-            fail(f"--file {args.file!r}: is not UTF-8 text (byte {e.start}); expected one text per line")
-        except OSError as e:
-            fail(f"--file {args.file!r}: cannot be read ({e.strerror or e})")
+        if os.path.splitext(args.file)[1].lower() in FORMATS:
+            try:
+                firsts, seconds = read_texts(args.file, args.text_column, args.text_pair_column)
+            except DataError as e:
+                fail(f"--file {args.file!r}: {first_line(e)}")
+            rows = list(zip(firsts, seconds)) if seconds is not None else firsts
+        else:
+            if args.text_pair_column is not None:
+                fail(f"--text-pair-column: --file {args.file!r} is plain text (one text per line); pairs need a "
+                     f"CSV, TSV or JSON Lines file ({', '.join(sorted(FORMATS))})")
+            try:
+                with open(args.file, encoding="utf-8") as f:
+                    rows = [line.rstrip("\r\n") for line in f if line.strip()]
+            except UnicodeDecodeError as e:
+                fail(f"--file {args.file!r}: is not UTF-8 text (byte {e.start}); expected one text per line")
+            except OSError as e:
+                fail(f"--file {args.file!r}: cannot be read ({e.strerror or e})")
+        if texts and rows and isinstance(texts[0], tuple) != isinstance(rows[0], tuple):
+            fail("--file and --text: one gives pairs and the other single texts; expected one kind")
+        texts += rows
     if not texts:
-        fail("no text given; pass --text TEXT or --file FILE (one text per line)"
-             + (f"; --file {args.file!r} holds no non-blank line" if args.file is not None else ""))
-    args.texts = texts
+        fail("no text given; pass --text TEXT or --file FILE (one text per line, or CSV/TSV/JSON Lines)"
+             + (f"; --file {args.file!r} holds no text" if args.file is not None else ""))
+    return texts
 
 
 def _tune_settings(args, task, names):

@@ -7,6 +7,7 @@ the commands, when they run.
 import json
 import os
 import shutil
+import sys
 
 from keras_adapterfusion.cli.checks import PACKAGE_ERRORS, fail, first_line
 from keras_adapterfusion.errors import CheckpointError, ExportError, ServingError
@@ -143,7 +144,25 @@ def _train_and_save(args, stage, build, save, extra_run=None):
         "no validation or test split to evaluate"
     print(f"{stage} on {task.name}: {where}")
     print(f"wrote {args.output_dir}")
+    note = stalled_metrics_note(history, args.learning_rate)
+    if note:
+        print(note)
     return 0
+
+
+def stalled_metrics_note(history, learning_rate):
+    """A note when a metric other than the loss has the same value in every epoch of two or more
+    (the model learned nothing visible, usually a learning rate too low for the steps), else None."""
+    stalled = [k for k, values in sorted(history.items())
+               if not k.endswith("loss") and len(values) >= 2 and max(values) - min(values) <= 1e-12]
+    if not stalled:
+        return None
+    epochs = len(history[stalled[0]])
+    shown = ", ".join(f"{k} {history[k][0]:.4f}" for k in stalled)
+    rate = "the stage's default learning rate" if learning_rate is None else f"learning rate {learning_rate:g}"
+    return (f"note: {shown}: the same in all {epochs} epochs; the model learned nothing visible at {rate}. "
+            "With few examples, try --learning-rate 1e-3 and more steps (more epochs or a smaller --batch-size): "
+            "see 'Learning rates for small data' in docs/training.md.")
 
 
 def _fusion_heatmap(model, evaluation, batch_size, directory):
@@ -368,10 +387,16 @@ def cmd_export(args):
             model = keras.saving.load_model(args.model)
         except Exception as e:  # a corrupt or foreign file
             fail(f"--model {args.model!r}: cannot be loaded ({type(e).__name__}: {first_line(e)})")
+    from keras_adapterfusion.io import own_file
+
+    configs = [os.path.join(args.export_dir, f) for f in ("models.config", "models.docker.config")]
+    users = [p for p in configs if not args.no_models_config and os.path.isfile(p) and not own_file(p)]
     try:
         path = export_saved_model(model, args.export_dir, model_name=args.model_name, version=args.version,
                                   tokenizer=args.tokenizer or "auto", label_names=args.labels,
-                                  input_dtype=args.input_dtype, include_fusion_attentions=args.fusion_attentions)
+                                  input_dtype=args.input_dtype, include_fusion_attentions=args.fusion_attentions,
+                                  text_signatures=args.text_signatures, max_length=args.max_length,
+                                  text_pairs=args.text_pairs, write_models_config=not args.no_models_config)
     except (ExportError, ValueError) as e:
         fail(first_line(e))
     with open(os.path.join(path, "assets", "label_map.json"), encoding="utf-8") as f:
@@ -381,15 +406,23 @@ def cmd_export(args):
           + (" (the encoder's own)" if not args.tokenizer and label_map.get("tokenizer") else ""))
     text = sorted(s for s in label_map["signatures"] if s.endswith("_text"))
     print(f"signatures: {', '.join(sorted(label_map['signatures']))}"
-          + (f" ({', '.join(text)} take{'s' if len(text) == 1 else ''} raw text)" if text else ""))
-    print(f"TF Serving config: {os.path.join(args.export_dir, 'models.config')}")
+          + (f" ({', '.join(text)} take{'s' if len(text) == 1 else ''} raw text"
+             + (", two inputs: text and text_pair" if args.text_pairs else "") + ")" if text else ""))
+    print(f"inputs: {'sentence pairs' if args.text_pairs else 'single texts'}, max_length {args.max_length}")
+    if not args.no_models_config:
+        for config in configs:
+            note = " (yours: the model merged in, your entries kept as written)" if config in users else ""
+            print(f"TF Serving config: {config}{note}")
     return 0
 
 
 def _format(prediction, text, form):
     label, probability = prediction["label"], prediction["probability"]
     if form == "jsonl":
-        return json.dumps({"text": text, **prediction}, ensure_ascii=False)
+        given = {"text": text[0], "text_pair": text[1]} if isinstance(text, tuple) else {"text": text}
+        return json.dumps({**given, **prediction}, ensure_ascii=False)
+    if isinstance(text, tuple):
+        text = "\t".join(text)
     if isinstance(label, list):  # multi-label
         return "\t".join(["|".join(label) or "-", "|".join(f"{p:.3f}" for p in probability) or "-", text])
     if probability is None:  # regression
@@ -411,4 +444,9 @@ def cmd_predict(args):
         fail(first_line(e))
     for text, prediction in zip(args.texts, predictions):
         print(_format(prediction, text, args.format))
+    cut = sum(bool(p.get("truncated")) for p in predictions)
+    if cut:
+        print(f"note: {cut} of {len(predictions)} {'pairs' if isinstance(args.texts[0], tuple) else 'texts'} "
+              f"were longer than max_length {client.max_length} tokens and were truncated"
+              + (" (the jsonl field 'truncated' marks them)" if args.format == "jsonl" else ""), file=sys.stderr)
     return 0

@@ -113,6 +113,33 @@ def _column(rows, columns, column, path, what):
                         f"(choose one with the {what}_column argument, or --{what.replace('_', '-')}-column).")
 
 
+def read_texts(path, text_column="text", text_pair_column=None, file_format=None):
+    """The texts of a CSV, TSV or JSON Lines file, for prediction (no labels needed).
+
+    Returns:
+        `(texts, pairs)`: lists of str; `pairs` is None without `text_pair_column`.
+
+    Raises:
+        DataError: the file is missing, empty or unreadable, lacks a column, or has an empty or
+            non-string text (the message names the file, line and column).
+    """
+    columns, rows = _read_rows(path, file_format)
+    if not rows:
+        raise DataError(f"{path}: holds no rows.")
+    wanted = [(text_column, "text")] + ([(text_pair_column, "text_pair")] if text_pair_column else [])
+    out = []
+    for column, what in wanted:
+        _column(rows, columns, column, path, what)
+        values = []
+        for number, row in rows:
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{path}:{number}: column {column!r} is {value!r}; expected a non-empty text.")
+            values.append(value)
+        out.append(values)
+    return out[0], (out[1] if text_pair_column else None)
+
+
 # ------------------------------------------------------------------- labels
 def _is_number(value):
     if isinstance(value, bool):
