@@ -1,10 +1,19 @@
 """Activation functions by the names Hugging Face configs and AdapterHub use."""
 
+import math
+
+import keras
 from keras import ops
 
 
 def _gelu_exact(x):
-    return ops.gelu(x, approximate=False)
+    x = ops.convert_to_tensor(x)
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        # The backend's fused GELU (oneDNN may fuse it into the preceding matmul).
+        return ops.gelu(x, approximate=False)
+    # float64: x * Phi(x) with erf, as torch computes it. On TensorFlow `tf.nn.gelu` in float64 is only
+    # float32-accurate (errors ~5e-9, its 1/sqrt(2) is a float32 constant), which float64 parity would see.
+    return 0.5 * x * (1.0 + ops.erf(x * ops.convert_to_tensor(1.0 / math.sqrt(2.0), dtype="float64")))
 
 
 def _gelu_tanh(x):
