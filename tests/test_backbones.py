@@ -9,38 +9,15 @@ import pytest
 from keras import ops
 from safetensors.numpy import load_file, save_file
 
-from conftest import BACKBONES, TINY_BERT, max_abs, model_inputs
-from parity import assert_parity
+from conftest import BACKBONES, FLOAT64_EXACT, FLOAT64_SKIP, TINY_BERT, base_shape, max_abs, model_inputs
+from parity import assert_parity, bounds_for
 from torch_files import write_torch_zip
 from keras_adapterfusion import CheckpointError, load_encoder, load_tokenizer
 from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER, resolve_checkpoint, weight_rows
 from keras_adapterfusion.layers.activations import get_activation
 
-# Max-abs error bounds per checkpoint and output against transformers' outputs (see tests/parity.py):
-# about 3x the larger error measured on TensorFlow and JAX, at least 4 float32 ulps of the output's
-# magnitude. Measured with TF 2.21 / JAX 0.10 on CPU.
-PARITY_BOUNDS = {
-    "tiny-bert": {
-        "last_hidden_state": 2.9e-06,  # TF 9.54e-07, JAX 9.54e-07
-        "hidden_states": 2.9e-06,  # TF 9.54e-07, JAX 9.54e-07
-        "pooler_output": 3.6e-07,  # TF 1.19e-07, JAX 1.19e-07
-    },
-    "tiny-roberta": {
-        "last_hidden_state": 3.6e-06,  # TF 1.19e-06, JAX 9.54e-07
-        "hidden_states": 3.6e-06,  # TF 1.19e-06, JAX 9.54e-07
-        "pooler_output": 5.0e-07,  # TF 1.49e-07, JAX 1.64e-07
-    },
-    "tiny-xlm-roberta": {
-        "last_hidden_state": 2.2e-06,  # TF 7.15e-07, JAX 7.15e-07
-        "hidden_states": 2.9e-06,  # TF 7.15e-07, JAX 9.54e-07
-        "pooler_output": 3.6e-07,  # TF 1.19e-07, JAX 1.12e-07
-    },
-    "minilm": {
-        "last_hidden_state": 8.8e-06,  # TF 2.79e-06, JAX 2.92e-06 (|values| up to 5.8)
-        "hidden_states": 1.9e-05,  # TF 4.77e-06, JAX 6.08e-06 (|values| up to 10.5)
-        "pooler_output": 8.8e-07,  # TF 2.91e-07, JAX 2.24e-07
-    },
-}
+# Bounds are derived from the precision (tests/parity.py): float32 against transformers' float32
+# reference.npz, float64 against its float64 reference_float64.npz (tests/fixtures/make_backbone_float64.py).
 SENTENCES = [
     "The movie was a delight from start to finish.",
     "A man is playing a guitar on the street.",
@@ -49,26 +26,38 @@ SENTENCES = [
 ]
 
 
-def check_parity(case, encoder, ref):
-    """Outputs of `encoder` against transformers' `ref`, within the bounds of checkpoint `case`."""
+def check_parity(case, encoder, ref, dtype="float32"):
+    """Outputs of `encoder` against transformers' `ref`, within the precision-derived bounds."""
     out = encoder(model_inputs(ref), output_hidden_states=True)
     errors = {
-        "last_hidden_state": max_abs(out["last_hidden_state"], ref["last_hidden_state"]),
+        "last_hidden_state": max_abs(out["last_hidden_state"], ref["hidden_states"][-1]),
         "hidden_states": max_abs(out["hidden_states"], ref["hidden_states"]),
         "pooler_output": max_abs(out["pooler_output"], ref["pooler_output"]),
     }
+    if "last_hidden_state" in ref:
+        assert max_abs(ref["last_hidden_state"], ref["hidden_states"][-1]) == 0.0
     assert ops.convert_to_numpy(out["hidden_states"]).shape == ref["hidden_states"].shape
-    assert_parity(case, errors, PARITY_BOUNDS[case])
+    reference = {"last_hidden_state": ref["hidden_states"][-1], "hidden_states": ref["hidden_states"],
+                 "pooler_output": ref["pooler_output"]}
+    bounds = bounds_for(reference, list(errors), dtype, encoder.num_layers, encoder.hidden_size)
+    assert_parity(f"{case} ({dtype})", errors, bounds)
     return errors
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta"])
-def test_tiny_checkpoint_parity(name):
+def test_tiny_checkpoint_parity(name, dtype, request):
+    if dtype == "float64":
+        if not FLOAT64_EXACT:
+            pytest.skip(FLOAT64_SKIP)
+        request.getfixturevalue("float64")
     directory = os.path.join(BACKBONES, name)
-    encoder = load_encoder(directory)
+    encoder = load_encoder(directory, dtype=dtype)
     assert encoder.model_type == json.load(open(os.path.join(directory, "config.json")))["model_type"]
-    errors = check_parity(name, encoder, np.load(os.path.join(directory, "reference.npz")))
-    print(name, errors)
+    assert base_shape(directory) == (encoder.num_layers, encoder.hidden_size)
+    reference = "reference.npz" if dtype == "float32" else "reference_float64.npz"
+    errors = check_parity(name, encoder, np.load(os.path.join(directory, reference)), dtype)
+    print(name, dtype, errors)
 
 
 def test_roberta_positions_skip_padding():
@@ -127,7 +116,8 @@ def test_sharded_safetensors(tmp_path):
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
     ref, expected = _reference_out()
     out = load_encoder(str(tmp_path))(model_inputs(ref))["last_hidden_state"]
-    assert max_abs(out, ref["last_hidden_state"]) <= PARITY_BOUNDS["tiny-bert"]["last_hidden_state"]
+    assert max_abs(out, ref["last_hidden_state"]) <= bounds_for(ref, ["last_hidden_state"], "float32", 2, 64)[
+        "last_hidden_state"]
     assert max_abs(out, expected) == 0.0
 
 
