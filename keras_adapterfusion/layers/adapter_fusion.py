@@ -177,8 +177,10 @@ class AdapterFusion(keras.layers.Layer):
         """`regularization_weight * ||I - V||_F^2` (0 when there is no `V`)."""
         if not self.use_value:
             return ops.convert_to_tensor(0.0)
-        kernel = ops.cast(self.value_dense.kernel, "float32")
-        eye = ops.eye(self.hidden_size, dtype="float32")
+        # At least float32 (a float16 / bfloat16 policy keeps float32 variables anyway); float64 stays float64.
+        dtype = "float64" if keras.backend.standardize_dtype(self.value_dense.kernel.dtype) == "float64" else "float32"
+        kernel = ops.cast(self.value_dense.kernel, dtype)
+        eye = ops.eye(self.hidden_size, dtype=dtype)
         return self.regularization_weight * ops.sum(ops.square(eye - kernel))
 
     def _scores_and_values(self, q, u):
