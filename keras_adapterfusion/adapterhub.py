@@ -39,7 +39,7 @@ import os
 from keras_adapterfusion.backbones.converters import CONVERTERS
 from keras_adapterfusion.backbones.huggingface import load_encoder
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io import (
     WeightRow,
@@ -384,13 +384,10 @@ def load_fusion(encoder, fusion_dir, regularization_weight=None, name=None, allo
         raise CheckpointError(
             f"{path}: fuses adapter(s) {missing} that are not loaded; loaded: {sorted(encoder.adapter_configs)}."
         )
-    flags = {n: (encoder.adapter_configs[n].mh_adapter, encoder.adapter_configs[n].output_adapter)
-             for n in setup.adapters}
-    if len(set(flags.values())) > 1:
-        raise CheckpointError(
-            f"{path}: fused adapters have different slot flags (mh_adapter, output_adapter): {flags}; "
-            "expected the same for all."
-        )
+    try:
+        check_fusable({n: encoder.adapter_configs[n] for n in setup.adapters})
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if setup.fusion_key in encoder.fusion_specs:
         raise CheckpointError(f"{fusion_dir}: the encoder already has the fusion {setup.fusion_key!r}; "
                               "pass name=... to load it under another name.")

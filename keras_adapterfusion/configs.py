@@ -370,3 +370,22 @@ FusionConfig.PRESETS = {
         value_initialized=True,
     ),
 }
+
+
+def check_fusable(adapter_configs):
+    """Raise `ValueError` unless the adapters can be fused: they must sit in the same slots.
+
+    `adapter_configs` maps adapter names to their `AdapterConfig`s (in the fusion's order). A fusion
+    combines its adapters' outputs in each slot (after attention: `mh_adapter`, after the feed-forward:
+    `output_adapter`), so every fused adapter must have the same two flags. The one fusability check:
+    the encoder, its blocks, the AdapterHub loader and the tuner's hypermodel all call it (and add
+    their own prefix to the message).
+    """
+    flags = {n: (c.mh_adapter, c.output_adapter) for n, c in adapter_configs.items()}
+    if len(set(flags.values())) > 1:
+        raise ValueError(
+            "fused adapters have different slot flags (mh_adapter, output_adapter): "
+            + ", ".join(f"{n}: {f}" for n, f in flags.items())
+            + "; expected the same for all."
+        )
+

@@ -77,7 +77,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from keras_adapterfusion.configs import FusionConfig
+from keras_adapterfusion.configs import FusionConfig, check_fusable
 
 __all__ = ["CACHE_DIR", "MAX_SUBSETS", "PRESETS", "REPORT_FILES", "SEARCH_DIR", "SETTINGS_FILE", "TRIAL_METRICS",
            "TUNERS", "FusionHyperModel", "FusionSearchSpace", "TrialSetUp", "best_trial", "enable_compilation_cache",
@@ -612,11 +612,10 @@ class FusionHyperModel:
             raise ValueError(f"FusionHyperModel.adapter_names: got {names}; expected distinct adapters of the "
                              f"encoder ({sorted(self.encoder.adapter_configs)})"
                              + (f"; {missing} are not there" if missing else "") + ".")
-        slots = {n: (self.encoder.adapter_configs[n].mh_adapter, self.encoder.adapter_configs[n].output_adapter)
-                 for n in names}
-        if len(set(slots.values())) > 1:
-            raise ValueError("FusionHyperModel.adapter_names: fused adapters must share mh_adapter and "
-                             "output_adapter; got " + ", ".join(f"{n}: {s}" for n, s in slots.items()) + ".")
+        try:
+            check_fusable({n: self.encoder.adapter_configs[n] for n in names})
+        except ValueError as e:
+            raise ValueError(f"FusionHyperModel.adapter_names: {e}") from None
         self.adapter_names = names
         if space is None:
             space = FusionSearchSpace()

@@ -102,3 +102,28 @@ def test_unknown_preset_and_field():
 def test_presets_take_overrides():
     c = AdapterConfig.from_preset("seq_bn", reduction_factor=2, non_linearity="GELU")
     assert c.reduction_factor == 2 and c.non_linearity == "gelu" and c.original_ln_before
+
+
+def test_one_fusability_check_for_every_caller():
+    """`configs.check_fusable` is the check; the encoder, a block and the tuner's hypermodel name themselves."""
+    from conftest import TINY_BERT
+
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.configs import check_fusable
+    from keras_adapterfusion.tuning import FusionHyperModel
+
+    seq_bn, houlsby = AdapterConfig.from_preset("seq_bn"), AdapterConfig.from_preset("houlsby")
+    check_fusable({"a": seq_bn, "b": AdapterConfig.from_preset("seq_bn", reduction_factor=4)})
+    with pytest.raises(ValueError, match=r"^fused adapters have different slot flags .*a: \(False, True\), "
+                                         r"h: \(True, True\); expected the same for all\.$"):
+        check_fusable({"a": seq_bn, "h": houlsby})
+    encoder = load_encoder(TINY_BERT)
+    encoder.add_adapter("a", seq_bn)
+    encoder.add_adapter("h", houlsby)
+    for call, prefix in ((lambda: encoder.add_fusion(["a", "h"]), "add_fusion: "),
+                         (lambda: encoder.blocks[0].add_fusion(["a", "h"]), "add_fusion: "),
+                         (lambda: FusionHyperModel(encoder, ["a", "h"], num_labels=2),
+                          "FusionHyperModel.adapter_names: ")):
+        with pytest.raises(ValueError, match="^" + prefix + "fused adapters have different slot flags"):
+            call()
+    assert not encoder.fusion_specs

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
 from keras_adapterfusion.layers.transformer_block import TransformerBlock
@@ -215,13 +215,10 @@ class TransformerEncoder(keras.layers.Layer):
         key = setup.fusion_key
         if key in self.fusion_specs:
             raise ValueError(f"add_fusion: fusion {key!r} already exists; give the new one another name.")
-        flags = {n: (self.adapter_configs[n].mh_adapter, self.adapter_configs[n].output_adapter) for n in names}
-        if len(set(flags.values())) > 1:
-            raise ValueError(
-                "add_fusion: fused adapters must share mh_adapter and output_adapter; got "
-                + ", ".join(f"{n}: mh_adapter={f[0]}, output_adapter={f[1]}" for n, f in flags.items())
-                + "."
-            )
+        try:
+            check_fusable({n: self.adapter_configs[n] for n in names})
+        except ValueError as e:
+            raise ValueError(f"add_fusion: {e}") from None
         for block in self.blocks:
             block.add_fusion(names, config, name=name)
         self.fusion_specs[key] = {"adapters": list(names), "config": config, "name": name}

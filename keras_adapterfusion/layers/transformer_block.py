@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
 from keras_adapterfusion.layers.activations import get_activation
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup, fusion_key
@@ -228,13 +228,10 @@ class TransformerBlock(keras.layers.Layer):
         key = setup.fusion_key
         if key in self.fusion_specs:
             raise ValueError(f"add_fusion: a fusion {key!r} already exists; expected a new name or set of adapters.")
-        configs = [self.adapter_configs[n] for n in names]
-        for flag in ("mh_adapter", "output_adapter"):
-            values = {n: getattr(c, flag) for n, c in zip(names, configs)}
-            if len(set(values.values())) > 1:
-                raise ValueError(
-                    f"add_fusion: fused adapters must share {flag}; got {values}."
-                )
+        try:
+            check_fusable({n: self.adapter_configs[n] for n in names})
+        except ValueError as e:
+            raise ValueError(f"add_fusion: {e}") from None
         config = FusionConfig.get(config)
         # Like AdapterHub, every block gets the fusion layer, also blocks whose
         # adapters are all left out (there it holds weights but does not run).
