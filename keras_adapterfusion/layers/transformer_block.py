@@ -228,8 +228,9 @@ class TransformerBlock(keras.layers.Layer):
         key = setup.fusion_key
         if key in self.fusion_specs:
             raise ValueError(f"add_fusion: a fusion {key!r} already exists; expected a new name or set of adapters.")
+        configs = [self.adapter_configs[n] for n in names]
         try:
-            check_fusable({n: self.adapter_configs[n] for n in names})
+            check_fusable(dict(zip(names, configs)))
         except ValueError as e:
             raise ValueError(f"add_fusion: {e}") from None
         config = FusionConfig.get(config)

