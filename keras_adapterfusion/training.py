@@ -39,6 +39,10 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         learning_rate: peak learning rate.
         total_steps: step at which the rate reaches 0.
         warmup_steps: steps of linear warm-up.
+
+    `hold_in(optimizer)` (before the optimizer is built) moves the peak and the number of steps into
+    optimizer variables: compiled training steps then do not change with them, so runs that differ only
+    there (the trials of a search) share one compiled program.
     """
 
     def __init__(self, learning_rate, total_steps, warmup_steps=0):
@@ -50,9 +54,25 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.learning_rate = float(learning_rate)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
+        self._held = None
+
+    def hold_in(self, optimizer):
+        """Keep the peak and the number of steps as variables of `optimizer` (not yet built); returns self."""
+        if self.warmup_steps:
+            raise ValueError(f"LinearDecay.hold_in: got warmup_steps={self.warmup_steps}; expected 0 "
+                             "(only the peak and the number of steps are held as variables).")
+        peak = optimizer.add_variable((), initializer=keras.initializers.Constant(self.learning_rate),
+                                      dtype="float32", name="peak_learning_rate")
+        steps = optimizer.add_variable((), initializer=keras.initializers.Constant(float(self.total_steps)),
+                                       dtype="float32", name="decay_steps")
+        self._held = (peak, steps)
+        return self
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
+        if self._held is not None:
+            peak, total = self._held
+            return peak * ops.maximum(0.0, (total - step) / total)
         peak = self.learning_rate
         if self.warmup_steps:
             warm = peak * step / self.warmup_steps

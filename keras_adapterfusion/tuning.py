@@ -794,9 +794,9 @@ class FusionHyperModel:
             epochs = setup.epochs if epochs is None else int(epochs)
             batches = parts["FullBatches"](train[0], train[1], setup.batch_size, self.seed)
             remaining = max(1, epochs - initial_epoch)
-            schedule = parts["ValueLinearDecay"]()
+            schedule = training.LinearDecay(setup.learning_rate * remaining / epochs, max(1, len(batches) * remaining))
             optimizer = training.make_optimizer("fusion", learning_rate=schedule)
-            schedule.attach(optimizer, setup.learning_rate * remaining / epochs, len(batches) * remaining)
+            schedule.hold_in(optimizer)
             model.compile(optimizer=optimizer, **compile_arguments(model.head))
             timer = parts["EpochTimer"]()
             own = [ValidationMetrics(self.task, *validation), timer]
@@ -838,32 +838,6 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
     from keras_tuner.src.engine import tuner_utils
 
     from keras_adapterfusion.tasks.batches import TokenBatches
-
-    class ValueLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear decay from a peak to 0, whose peak and length are optimizer variables (values).
-
-        Compiled training steps then do not change with the learning rate or the
-        number of steps, so trials that differ only there share a compiled program.
-        `attach` must be called with the optimizer before it is built.
-        """
-
-        def __init__(self):
-            self.peak = None
-            self.total_steps = None
-
-        def attach(self, optimizer, peak, total_steps):
-            self.peak = optimizer.add_variable((), initializer=keras.initializers.Constant(float(peak)),
-                                               dtype="float32", name="peak_learning_rate")
-            self.total_steps = optimizer.add_variable((), initializer=keras.initializers.Constant(
-                float(max(1, total_steps))), dtype="float32", name="decay_steps")
-
-        def __call__(self, step):
-            step = keras.ops.cast(step, "float32")
-            left = keras.ops.maximum(0.0, 1.0 - step / self.total_steps)
-            return self.peak * left
-
-        def get_config(self):
-            return {}
 
     class FullBatches(TokenBatches):
         """Batches that all have one shape: full (the last one topped up from the epoch's start), one length.
@@ -1000,7 +974,7 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
         "random": type("FusionRandomSearch", (FusionTunerMixin, keras_tuner.RandomSearch), {}),
     }
     return {"FusionHyperModel": KerasTunerFusionHyperModel, "tuners": classes, "FullBatches": FullBatches,
-            "ValueLinearDecay": ValueLinearDecay, "EpochTimer": EpochTimer,
+            "EpochTimer": EpochTimer,
             "load_trained_weights": load_trained_weights}
 
 

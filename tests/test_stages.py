@@ -240,6 +240,23 @@ def test_make_optimizer_defaults_and_linear_decay():
         training.make_optimizer("stage3")
 
 
+def test_linear_decay_held_in_optimizer_variables():
+    """`LinearDecay.hold_in`: the same rates, from optimizer variables that a new run can reassign."""
+    schedule = training.LinearDecay(1e-3, 40)
+    optimizer = training.make_optimizer("fusion", learning_rate=schedule)
+    plain = [float(ops.convert_to_numpy(training.LinearDecay(1e-3, 40)(s))) for s in (0, 10, 39, 40, 60)]
+    assert schedule.hold_in(optimizer) is schedule
+    held = [float(ops.convert_to_numpy(schedule(s))) for s in (0, 10, 39, 40, 60)]
+    np.testing.assert_allclose(held, plain, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    np.testing.assert_allclose(plain, [1e-3, 7.5e-4, 2.5e-5, 0.0, 0.0], rtol=4 * np.finfo(np.float32).eps)
+    peak, steps = (v for v in optimizer.variables if v.name in ("peak_learning_rate", "decay_steps"))
+    peak.assign(2e-3)
+    steps.assign(20.0)
+    assert float(ops.convert_to_numpy(schedule(10))) == pytest.approx(1e-3, rel=1e-6)
+    with pytest.raises(ValueError, match="warmup_steps=5"):
+        training.LinearDecay(1e-3, 40, warmup_steps=5).hold_in(training.make_optimizer("fusion"))
+
+
 # ----------------------------------------------------------- mixed precision
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
