@@ -384,10 +384,7 @@ def load_fusion(encoder, fusion_dir, regularization_weight=None, name=None, allo
         raise CheckpointError(
             f"{path}: fuses adapter(s) {missing} that are not loaded; loaded: {sorted(encoder.adapter_configs)}."
         )
-    try:
-        check_fusable({n: encoder.adapter_configs[n] for n in setup.adapters})
-    except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    check_fusable({n: encoder.adapter_configs[n] for n in setup.adapters}, where=path, error=CheckpointError)
     if setup.fusion_key in encoder.fusion_specs:
         raise CheckpointError(f"{fusion_dir}: the encoder already has the fusion {setup.fusion_key!r}; "
                               "pass name=... to load it under another name.")

@@ -372,20 +372,23 @@ FusionConfig.PRESETS = {
 }
 
 
-def check_fusable(adapter_configs):
-    """Raise `ValueError` unless the adapters can be fused: they must sit in the same slots.
+def check_fusable(adapter_configs, where=None, error=ValueError):
+    """Raise `error` unless the adapters can be fused: they must sit in the same slots.
 
-    `adapter_configs` maps adapter names to their `AdapterConfig`s (in the fusion's order). A fusion
-    combines its adapters' outputs in each slot (after attention: `mh_adapter`, after the feed-forward:
-    `output_adapter`), so every fused adapter must have the same two flags. The one fusability check:
-    the encoder, its blocks, the AdapterHub loader and the tuner's hypermodel all call it (and add
-    their own prefix to the message).
+    A fusion combines its adapters' outputs in each slot (after attention: `mh_adapter`, after the
+    feed-forward: `output_adapter`), so every fused adapter must have the same two flags. The one
+    fusability check: the encoder, its blocks, the AdapterHub loader and the tuner's hypermodel call it.
+
+    Args:
+        adapter_configs: adapter names to their `AdapterConfig`s, in the fusion's order.
+        where: what the message starts with (the caller, a file), or None.
+        error: the exception class to raise (`ValueError` or a subclass).
     """
     flags = {n: (c.mh_adapter, c.output_adapter) for n, c in adapter_configs.items()}
     if len(set(flags.values())) > 1:
-        raise ValueError(
-            "fused adapters have different slot flags (mh_adapter, output_adapter): "
+        raise error(
+            (f"{where}: " if where else "")
+            + "fused adapters have different slot flags (mh_adapter, output_adapter): "
             + ", ".join(f"{n}: {f}" for n, f in flags.items())
             + "; expected the same for all."
         )
-

@@ -612,10 +612,7 @@ class FusionHyperModel:
             raise ValueError(f"FusionHyperModel.adapter_names: got {names}; expected distinct adapters of the "
                              f"encoder ({sorted(self.encoder.adapter_configs)})"
                              + (f"; {missing} are not there" if missing else "") + ".")
-        try:
-            check_fusable({n: self.encoder.adapter_configs[n] for n in names})
-        except ValueError as e:
-            raise ValueError(f"FusionHyperModel.adapter_names: {e}") from None
+        check_fusable({n: self.encoder.adapter_configs[n] for n in names}, where="FusionHyperModel.adapter_names")
         self.adapter_names = names
         if space is None:
             space = FusionSearchSpace()

@@ -215,10 +215,7 @@ class TransformerEncoder(keras.layers.Layer):
         key = setup.fusion_key
         if key in self.fusion_specs:
             raise ValueError(f"add_fusion: fusion {key!r} already exists; give the new one another name.")
-        try:
-            check_fusable({n: self.adapter_configs[n] for n in names})
-        except ValueError as e:
-            raise ValueError(f"add_fusion: {e}") from None
+        check_fusable({n: self.adapter_configs[n] for n in names}, where="add_fusion")
         for block in self.blocks:
             block.add_fusion(names, config, name=name)
         self.fusion_specs[key] = {"adapters": list(names), "config": config, "name": name}

@@ -229,10 +229,7 @@ class TransformerBlock(keras.layers.Layer):
         if key in self.fusion_specs:
             raise ValueError(f"add_fusion: a fusion {key!r} already exists; expected a new name or set of adapters.")
         configs = [self.adapter_configs[n] for n in names]
-        try:
-            check_fusable(dict(zip(names, configs)))
-        except ValueError as e:
-            raise ValueError(f"add_fusion: {e}") from None
+        check_fusable(dict(zip(names, configs)), where="add_fusion")
         config = FusionConfig.get(config)
         # Like AdapterHub, every block gets the fusion layer, also blocks whose
         # adapters are all left out (there it holds weights but does not run).
