@@ -31,8 +31,6 @@ References:
     - [Rücklé et al., 2021, AdapterDrop](https://arxiv.org/abs/2010.11918)
 """
 
-import dataclasses
-
 import numpy as np
 
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup
@@ -184,47 +182,17 @@ def _rebuild(model, adapters, drop_blocks, name):
     `drop_blocks` blocks), the model's fusion over them (when it fuses) and a copy of its head."""
     import keras
 
-    from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
+    from keras_adapterfusion.backbones.copying import copy_encoder
     from keras_adapterfusion.models import AdapterModel
     from keras_adapterfusion.trainable import make_spec
 
     encoder = model.encoder
     setup = model.adapter_setup
-    drop = set(range(drop_blocks))
-    configs = {}
-    for a in adapters:
-        config = encoder.adapter_configs[a]
-        configs[a] = dataclasses.replace(config, leave_out=sorted(set(config.leave_out) | drop)).to_dict()
     new_setup = AdapterSetup.single(adapters[0]) if setup.kind == "single" else AdapterSetup.fuse(
         adapters, setup.fusion_name)
-    fusions = {}
-    if setup.kind == "fuse":
-        spec = encoder.fusion_specs[setup.fusion_key]
-        fusions[new_setup.fusion_key] = {"adapters": list(adapters), "config": spec["config"].to_dict(),
-                                         "name": setup.fusion_name}
-    config = encoder.get_config()
-    config.update(adapters=configs, fusions=fusions)
-    new_encoder = TransformerEncoder.from_config(config)
-    new_encoder.build()
+    fusions = {setup.fusion_key: (list(adapters), setup.fusion_name)} if setup.kind == "fuse" else None
+    new_encoder = copy_encoder(encoder, adapters, fusions=fusions, leave_out=range(drop_blocks))
 
-    def copy(source, target):
-        values = source.get_weights()
-        if [v.shape for v in values] != [tuple(w.shape) for w in target.weights]:
-            raise ValueError(f"pruning: cannot copy {source.name!r}: its weights do not match the new layer's.")
-        target.set_weights(values)
-
-    copy(encoder.embeddings, new_encoder.embeddings)
-    if encoder.use_pooler:
-        copy(encoder.pooler, new_encoder.pooler)
-    for old, new in zip(encoder.blocks, new_encoder.blocks):
-        for source, target in zip(old.base_layers(), new.base_layers()):
-            copy(source, target)
-        for a in adapters:
-            for slot, target in new.adapter_layers(a).items():
-                copy(old.adapter_layers(a)[slot], target)
-        if setup.kind == "fuse":
-            for slot, target in new.fusion_layers(new_setup.fusion_key).items():
-                copy(old.fusion_layers(setup.fusion_key)[slot], target)
     head = None
     if model.head is not None:
         head = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model.head))
@@ -237,5 +205,5 @@ def _rebuild(model, adapters, drop_blocks, name):
     pruned = AdapterModel(new_encoder, head, adapter_setup=new_setup, output_hidden_states=model.output_hidden_states,
                           output_key=model.output_key, trainable_spec=spec, name=name)
     if head is not None:
-        copy(model.head, head)
+        head.set_weights(model.head.get_weights())  # the same config, so the same weights
     return pruned

@@ -644,7 +644,6 @@ class FusionHyperModel:
         metric = task.metrics[0]
         self.objective = keras_tuner.Objective(f"val_{metric}", "min" if metric == "mse" else "max")
         self.tuner_sets_epochs = False
-        self._base_config = None
         self._started = None
         self._previous_policy = None
 
@@ -699,29 +698,9 @@ class FusionHyperModel:
         copy.fusion_specs, list(copy.adapter_configs)  # {}, ["movie", "news"]
         ```
         """
-        import keras
+        from keras_adapterfusion.backbones.copying import copy_encoder
 
-        from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
-
-        if self._base_config is None:
-            config = self.encoder.get_config()
-            self._base_config = {k: v for k, v in config.items() if k not in ("adapters", "fusions")}
-        config = dict(self._base_config, fusions={},
-                      adapters={n: self.encoder.adapter_configs[n].to_dict() for n in adapters})
-        if self.dtype_policy is not None:
-            config["dtype"] = self.dtype_policy
-        copy = TransformerEncoder.from_config(config)
-        copy.build()
-        fusion_ids = {id(v) for key in self.encoder.fusion_specs for v in self.encoder.fusion_weights(key)}
-        source = {_relative(v.path): v for v in self.encoder.weights if id(v) not in fusion_ids}
-        for v in copy.weights:
-            original = source.get(_relative(v.path))
-            if original is None or tuple(original.shape) != tuple(v.shape):
-                raise ValueError(f"FusionHyperModel: the encoder copy's {v.path} {tuple(v.shape)} has no "
-                                 "counterpart in the encoder; expected the same structure.")
-            # A copy of the buffer: a training step donates (frees) the buffers of the variables it updates.
-            v.assign(keras.ops.copy(original.value))
-        return copy
+        return copy_encoder(self.encoder, adapters, dtype=self.dtype_policy)
 
     def build(self, hp):
         """The uncompiled stage-2 model of one trial (fusion layers and a new head train).
@@ -973,11 +952,6 @@ def _make_parts():  # noqa: C901  (the Keras-dependent classes, made together on
     return {"FusionHyperModel": KerasTunerFusionHyperModel, "tuners": classes, "FullBatches": FullBatches,
             "EpochTimer": EpochTimer,
             "load_trained_weights": load_trained_weights}
-
-
-def _relative(path):
-    """A variable path without its first part (the encoder's name)."""
-    return path.split("/", 1)[-1]
 
 
 def role():

@@ -248,3 +248,31 @@ def test_weight_table_covers_every_variable():
     encoder = load_encoder(TINY_BERT)
     table_ids = {id(row.target) for row in weight_rows(encoder)}
     assert table_ids == {id(v) for v in encoder.weights}
+
+
+def test_copy_encoder_copies_values_into_new_buffers():
+    """`backbones.copying.copy_encoder`, the one encoder copy (pruning and tuning call it)."""
+    from keras_adapterfusion.backbones.copying import copy_encoder
+    from keras_adapterfusion.names import path_part
+
+    encoder = load_encoder(TINY_BERT)
+    for name in ("a", "b", "c"):
+        encoder.add_adapter(name, "seq_bn")
+    key = encoder.add_fusion(["a", "b", "c"], "dynamic")
+    rng = np.random.default_rng(0)
+    for v in encoder.weights:
+        v.assign(rng.normal(0, 0.1, tuple(v.shape)).astype("float32"))
+    copy = copy_encoder(encoder, ["a", "c"], fusions={key: (["a", "c"], None)}, leave_out=[0])
+    assert list(copy.adapter_configs) == ["a", "c"] and list(copy.fusion_specs) == ["a,c"]
+    assert copy.adapter_configs["a"].leave_out == [0] and not copy.blocks[0].adapter_layers("a")
+    source = {v.path.split("/", 1)[1]: v for v in encoder.weights}
+    for v in copy.weights:
+        part = v.path.split("/", 1)[1].replace(path_part("a,c"), path_part("a,b,c"))
+        np.testing.assert_array_equal(ops.convert_to_numpy(v), ops.convert_to_numpy(source[part]), err_msg=v.path)
+    first = copy.weights[0]
+    first.assign(ops.zeros(tuple(first.shape)))
+    assert float(np.abs(ops.convert_to_numpy(encoder.weights[0])).max()) > 0  # the source is untouched
+    with pytest.raises(ValueError, match=r"copy_encoder: adapters \['x'\] are not in the encoder"):
+        copy_encoder(encoder, ["x"])
+    with pytest.raises(ValueError, match="copy_encoder: fusion 'a,b' is not in the encoder"):
+        copy_encoder(encoder, ["a", "b"], fusions={"a,b": (["a", "b"], None)})

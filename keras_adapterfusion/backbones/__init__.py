@@ -4,6 +4,7 @@
 - `checkpoint`: finding checkpoint directories and reading `config.json` (pure Python).
 - `converters`: one key table per Hugging Face `model_type`.
 - `huggingface`: `load_encoder`, `load_tokenizer`.
+- `copying`: `copy_encoder`, the one way to copy an encoder with a chosen set of adapters and fusions.
 
 The names below load on first use, so `backbones.checkpoint` can be imported
 without Keras (the command line checks an encoder before it imports TensorFlow).
@@ -13,6 +14,7 @@ import importlib
 
 _LAZY = {
     "TransformerEncoder": "keras_adapterfusion.backbones.transformer_encoder",
+    "copy_encoder": "keras_adapterfusion.backbones.copying",
     "load_encoder": "keras_adapterfusion.backbones.huggingface",
     "load_tokenizer": "keras_adapterfusion.backbones.huggingface",
 }
