@@ -33,7 +33,6 @@ out = model({"input_ids": ids, "attention_mask": mask})
 ```
 """
 
-import collections
 import os
 
 from keras_adapterfusion.backbones.converters import CONVERTERS
@@ -41,6 +40,7 @@ from keras_adapterfusion.backbones.huggingface import load_encoder
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
 from keras_adapterfusion.errors import CheckpointError
+from keras_adapterfusion.formats.locations import adapter_locations, fusion_locations, module_variable
 from keras_adapterfusion.io import (
     WeightRow,
     gather_weights,
@@ -192,67 +192,8 @@ def _strip_prefix(tensors, model_type):
 
 
 # ------------------------------------------------------------ key tables
-# Where each variable of an adapter or fusion lives: block, slot, sublayer and
-# attribute of this package's layers, with its shape, its AdapterHub key (after
-# the slot's prefix) and its transform. Native saves (`saving`) key the same
-# table by location, AdapterHub files by `hub`.
-Location = collections.namedtuple("Location", ["block", "slot", "sub", "attr", "shape", "hub", "transform"])
-
-
 def _slot_prefix(block, slot):
     return f"encoder.layer.{block}.{SLOT_PATH[slot]}."
-
-
-def adapter_locations(encoder, config):
-    """`Location`s of every variable of an adapter with `config` in `encoder`."""
-    h = encoder.hidden_size
-    out = []
-    for i in range(encoder.num_layers):
-        if not config.in_block(i):
-            continue
-        b = config.bottleneck_size(h, i)
-        down = "adapter_down.1." if config.ln_before else "adapter_down.0."
-        for slot in config.slots():
-            if config.ln_before:
-                out.append(Location(i, slot, "norm_before", "gamma", (h,), "adapter_down.0.weight", None))
-                out.append(Location(i, slot, "norm_before", "beta", (h,), "adapter_down.0.bias", None))
-            out.append(Location(i, slot, "down", "kernel", (h, b), down + "weight", "transpose"))
-            out.append(Location(i, slot, "down", "bias", (b,), down + "bias", None))
-            out.append(Location(i, slot, "up", "kernel", (b, h), "adapter_up.weight", "transpose"))
-            out.append(Location(i, slot, "up", "bias", (h,), "adapter_up.bias", None))
-            if config.ln_after:
-                out.append(Location(i, slot, "norm_after", "gamma", (h,), "adapter_norm_after.weight", None))
-                out.append(Location(i, slot, "norm_after", "beta", (h,), "adapter_norm_after.bias", None))
-            if config.scaling == "learned":
-                out.append(Location(i, slot, None, "scale", (1,), "scaling", None))
-            elif config.scaling == "channel":
-                out.append(Location(i, slot, None, "scale", (h,), "scaling", None))
-    return out
-
-
-def fusion_locations(encoder, adapter_names, config):
-    """`Location`s of every variable of a fusion over `adapter_names` with `config`."""
-    h = encoder.hidden_size
-    slots = encoder.adapter_configs[adapter_names[0]].slots()
-    out = []
-    for i in range(encoder.num_layers):
-        for slot in slots:
-            for part, attr in (("query", "query_dense"), ("key", "key_dense")):
-                if getattr(config, part):
-                    out.append(Location(i, slot, attr, "kernel", (h, h), part + ".weight", "transpose"))
-                    out.append(Location(i, slot, attr, "bias", (h,), part + ".bias", None))
-            if config.value:
-                out.append(Location(i, slot, "value_dense", "kernel", (h, h), "value.weight", "transpose"))
-    return out
-
-
-def module_variable(encoder, loc, kind, key):
-    """The variable at `loc` of adapter (`kind="adapter"`) or fusion `key` of `encoder`."""
-    block = encoder.blocks[loc.block]
-    layers = block.adapter_layers(key) if kind == "adapter" else block.fusion_layers(key)
-    layer = layers[loc.slot]
-    owner = layer if loc.sub is None else getattr(layer, loc.sub)
-    return getattr(owner, loc.attr)
 
 
 def _target(encoder, loc, kind, key):

@@ -36,9 +36,9 @@ import os
 import keras
 import numpy as np
 
-from keras_adapterfusion.adapterhub import adapter_locations, fusion_locations, module_variable
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 from keras_adapterfusion.errors import CheckpointError
+from keras_adapterfusion.formats.locations import adapter_locations, fusion_locations, module_variable
 from keras_adapterfusion.io import (
     WeightRow,
     gather_weights,

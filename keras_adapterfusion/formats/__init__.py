@@ -1,0 +1,5 @@
+"""Weight formats: what the native format and AdapterHub's share.
+
+- `locations`: where each adapter and fusion variable lives (`Location`, `adapter_locations`,
+  `fusion_locations`, `module_variable`), the tables both `saving` (native) and `adapterhub` read.
+"""
