@@ -85,6 +85,31 @@ def load_average():
     return [round(v, 2) for v in os.getloadavg()]
 
 
+# The instruction-set extensions that decide which matrix kernels oneDNN, XLA and PyTorch pick, widest last.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_isa(cpuinfo="/proc/cpuinfo", environ=None):
+    """The CPU's model and the ISA extensions of `ISA_FLAGS` it has, and any limit set in the environment
+    (`ONEDNN_MAX_CPU_ISA` for TensorFlow's oneDNN, `XLA_FLAGS` for JAX): one line for the result tables."""
+    environ = os.environ if environ is None else environ
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "features"):
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    line = f"{model}; ISA: {', '.join(f for f in ISA_FLAGS if f in flags) or 'unknown'}"
+    limits = [f"{k}={environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "XLA_FLAGS") if environ.get(k)]
+    return line + (f"; limited by {' '.join(limits)}" if limits else "; no ISA limit set")
+
+
 def make_workers(args, log, start=True):
     backend_env = {"KERAS_BACKEND": args.backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
     ours = [args.ours_python, os.path.join(HERE, "bench.py"), "--serve"]
@@ -332,7 +357,8 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     out = open(args.out, "a" if args.append else "w") if args.out else None
     run_info = {"kind": "run", "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host_cpus": os.cpu_count(),
-                "cpu": platform.processor() or platform.machine(), "argv": sys.argv[1:], "load": load_average()}
+                "cpu": platform.processor() or platform.machine(), "isa": cpu_isa(), "argv": sys.argv[1:],
+                "load": load_average()}
 
     def emit(line):
         if out:
@@ -340,7 +366,7 @@ def main():
             out.flush()
 
     emit(run_info)
-    print(f"load average {run_info['load']} on {os.cpu_count()} CPUs", flush=True)
+    print(f"load average {run_info['load']} on {os.cpu_count()} CPUs; {run_info['isa']}", flush=True)
     if args.memory:
         memory_runs(args, log, emit)
         return
@@ -348,7 +374,8 @@ def main():
         table = overhead_run(args, log, emit)
         footer = (f"\n\n{args.rounds} rounds × {args.steps} timed steps per worker, in turns; batch {args.batch}, "
                   f"seq {args.seqs[0]}, {args.adapter_counts[0]} adapters, {args.model}, {args.threads} threads; "
-                  f"load average {run_info['load']} at the start, {load_average()} at the end.\n")
+                  f"load average {run_info['load']} at the start, {load_average()} at the end.\n"
+                  f"CPU: {run_info['isa']}.\n")
         publish(table + footer, args.table)
         return
     workers = make_workers(args, log)
@@ -368,7 +395,8 @@ def main():
     table = markdown(results, [w.name for w in workers])
     footer = (f"\n\n{args.rounds} rounds × {args.steps} timed steps per implementation and workload, in turns; "
               f"batch {args.batch}, {args.model}, {args.threads} threads each; load average "
-              f"{run_info['load']} at the start, {load_average()} at the end; {run_info['started']}.\n")
+              f"{run_info['load']} at the start, {load_average()} at the end; {run_info['started']}.\n"
+              f"CPU: {run_info['isa']}.\n")
     publish(table + footer, args.table)
 
 
