@@ -53,15 +53,15 @@ def check_spec(spec):
 def _adapter_layers(encoder):
     """`(name, layer)` of every adapter layer of every block and slot."""
     for block in encoder.blocks:
-        for container in (block.mh_adapters, block.output_adapters):
-            yield from container.items()
+        for slot in block.slots.values():
+            yield from slot.adapters.items()
 
 
 def _fusion_layers(encoder):
     """`(key, layer)` of every fusion layer of every block and slot."""
     for block in encoder.blocks:
-        for container in (block.mh_fusions, block.output_fusions):
-            yield from container.items()
+        for slot in block.slots.values():
+            yield from slot.fusions.items()
 
 
 def apply_trainable_spec(encoder, heads, spec):

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
-from keras_adapterfusion.layers.adapter_setup import AdapterSetup
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup, call_form
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
 from keras_adapterfusion.layers.transformer_block import TransformerBlock
 from keras_adapterfusion.names import check_name
@@ -278,7 +278,7 @@ class TransformerEncoder(keras.layers.Layer):
         setup = self.check_setup(adapter_setup)
         check_inputs(inputs, self, adapter_index=adapter_index,
                      num_adapters=len(setup.adapters) if setup is not None and setup.kind == "per_row" else None)
-        token = None if setup is None else setup.token()
+        token = call_form(setup, inputs)
         if adapter_index is not None:
             kwargs["adapter_index"] = adapter_index
         return super().__call__(inputs, adapter_setup=token, **kwargs)

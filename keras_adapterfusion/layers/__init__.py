@@ -2,6 +2,7 @@
 
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup
+from keras_adapterfusion.layers.adapter_slot import AdapterSlot
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
 from keras_adapterfusion.layers.classification_head import ClassificationHead
 from keras_adapterfusion.layers.multiple_choice_head import MultipleChoiceHead
@@ -12,6 +13,7 @@ from keras_adapterfusion.layers.transformer_block import TransformerBlock
 __all__ = [
     "AdapterFusion",
     "AdapterSetup",
+    "AdapterSlot",
     "BottleneckAdapter",
     "ClassificationHead",
     "MultipleChoiceHead",

@@ -18,9 +18,11 @@ adapters' names joined by commas. Names let several fusions over the same
 adapters (trained for different targets) live in one encoder; without a name,
 keys and files stay AdapterHub's.
 
-Keras passes only tensors and plain Python values through a layer's symbolic
-call on every backend, so layers receive the setup as its `token()`, a JSON
-string, and turn it back with `AdapterSetup.parse`.
+The parsed value travels inward as it is: the encoder hands its `AdapterSetup`
+to each block, and each block to its slots. The one exception is a symbolic
+call (Keras tensors, while a functional model is built): JAX's symbolic calls
+take only tensors and built-in Python values, so there `call_form` passes the
+setup as its `token()`, a JSON string, which `AdapterSetup.parse` turns back.
 
 Example:
 
@@ -37,6 +39,8 @@ named.fusion_key                                  # "for_tweets"
 import dataclasses
 import json
 from typing import Optional, Tuple
+
+import keras
 
 from keras_adapterfusion.names import check_name
 
@@ -166,6 +170,19 @@ class AdapterSetup:
             label = f"Fuse({', '.join(self.adapters)})"
             return label if self.fusion_name is None else f"{label} named {self.fusion_name!r}"
         return f"PerRow({', '.join(self.adapters)})"
+
+
+def call_form(setup, inputs):
+    """How a layer's `__call__` hands a parsed `setup` (or `None`) to its `call`.
+
+    The `AdapterSetup` itself, or its `token()` when `inputs` hold Keras tensors
+    (a symbolic call; see the module docstring).
+    """
+    if setup is None:
+        return None
+    if any(keras.backend.is_keras_tensor(t) for t in keras.tree.flatten(inputs)):
+        return setup.token()
+    return setup
 
 
 def setup_token(value):

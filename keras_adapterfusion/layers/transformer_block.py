@@ -6,24 +6,27 @@ from keras import ops
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
 from keras_adapterfusion.layers.activations import get_activation
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
-from keras_adapterfusion.layers.adapter_setup import AdapterSetup, fusion_key
+from keras_adapterfusion.layers.adapter_setup import AdapterSetup, call_form
+from keras_adapterfusion.layers.adapter_slot import LOCATIONS, AdapterSlot
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
 from keras_adapterfusion.layers.numerics import lowest, softmax_input
 from keras_adapterfusion.names import check_name, path_part
 
-SLOTS = ("mh", "output")
+SLOTS = LOCATIONS
 
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
 class TransformerBlock(keras.layers.Layer):
     """A BERT-style post-LayerNorm transformer block with two adapter slots.
 
-    The block is `x1 = slot_mh(attention(x), x, LN_att)` followed by
-    `out = slot_output(FFN(x1), x1, LN_out)`. A slot with nothing active
+    The block is attention, feed-forward and two `AdapterSlot`s:
+    `x1 = slots["mh"](attention(x), x, LN_att)` followed by
+    `out = slots["output"](FFN(x1), x1, LN_out)`. A slot with nothing active
     computes the block's own `LN(h + x)`; with one adapter it applies AdapterHub's
     pre-forward, the adapter and the post-forward; with several adapters it runs
-    AdapterFusion over their up projections. Which adapters are active is a call
-    argument, so models that share one block can use different setups.
+    AdapterFusion over their up projections (see `AdapterSlot`). Which adapters
+    are active is a call argument, so models that share one block can use
+    different setups.
 
     Adapters and fusion layers can be added after the block is built
     (`add_adapter`, `add_fusion`); their weights are created at once.
@@ -106,11 +109,9 @@ class TransformerBlock(keras.layers.Layer):
         self.fusion_reference_form = fusion_reference_form
         self.adapter_configs = {}
         self.fusion_specs = {}
-        # Layer containers, one per slot; keys are adapter / fusion names.
-        self.mh_adapters = {}
-        self.output_adapters = {}
-        self.mh_fusions = {}
-        self.output_fusions = {}
+        # One slot per adapter location; each holds that location's adapters and fusions.
+        self.slots = {loc: AdapterSlot(loc, block_index, dtype=self.dtype_policy, name=f"{loc}_slot")
+                      for loc in LOCATIONS}
         for name, config in (adapters or {}).items():
             self.add_adapter(name, config)
         for spec in (fusions or {}).values():
@@ -154,12 +155,32 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_probs_dropout = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
         self.hidden_dropout_layer = keras.layers.Dropout(self.hidden_dropout, dtype=self.dtype_policy)
         self._adapter_input_shape = shape
-        for container in self._containers():
-            for layer in container.values():
+        for slot in self.slots.values():
+            for layer in (*slot.adapters.values(), *slot.fusions.values()):
                 self._build_adapter_layer(layer)
 
-    def _containers(self):
-        return (self.mh_adapters, self.output_adapters, self.mh_fusions, self.output_fusions)
+    # The slots' layers under the attribute names they had before the slots existed: Keras's `.keras`
+    # format stores weights by the first attribute path that reaches them, in name order, so these keep
+    # files written by earlier versions loadable (tests/test_format_fixtures.py).
+    @property
+    def mh_adapters(self):
+        """The adapters after attention: adapter name -> `BottleneckAdapter`."""
+        return self.slots["mh"].adapters
+
+    @property
+    def output_adapters(self):
+        """The adapters after the feed-forward: adapter name -> `BottleneckAdapter`."""
+        return self.slots["output"].adapters
+
+    @property
+    def mh_fusions(self):
+        """The fusion layers after attention: fusion key -> `AdapterFusion`."""
+        return self.slots["mh"].fusions
+
+    @property
+    def output_fusions(self):
+        """The fusion layers after the feed-forward: fusion key -> `AdapterFusion`."""
+        return self.slots["output"].fusions
 
     def _build_adapter_layer(self, layer):
         """Build an adapter or fusion layer inside this block's name scope, so that its
@@ -174,17 +195,10 @@ class TransformerBlock(keras.layers.Layer):
                 layer.build(shape)
 
     # ------------------------------------------------------- adding adapters
-    def _track(self, container, key, layer):
-        unlocked = getattr(self, "_tracker", None) is not None and self._tracker.locked
-        if unlocked:
-            self._tracker.unlock()
-        try:
-            container[key] = layer
-            if self.built:
-                self._build_adapter_layer(layer)
-        finally:
-            if unlocked:
-                self._tracker.lock()
+    def _attach(self, slot, key, layer, config=None):
+        self.slots[slot].add(key, layer, config)
+        if self.built:
+            self._build_adapter_layer(layer)
 
     def add_adapter(self, name, config="seq_bn"):
         """Add a bottleneck adapter called `name` in the slots `config` asks for.
@@ -208,7 +222,7 @@ class TransformerBlock(keras.layers.Layer):
         }
         self.adapter_configs[name] = config
         for slot, layer in layers.items():
-            self._track(self._slot_adapters(slot), name, layer)
+            self._attach(slot, name, layer, config)
         return True
 
     def add_fusion(self, adapter_names, config="dynamic", name=None):
@@ -245,14 +259,8 @@ class TransformerBlock(keras.layers.Layer):
         }
         self.fusion_specs[key] = {"adapters": list(names), "config": config, "name": name}
         for slot, layer in layers.items():
-            self._track(self._slot_fusions(slot), key, layer)
+            self._attach(slot, key, layer)
         return key
-
-    def _slot_adapters(self, slot):
-        return self.mh_adapters if slot == "mh" else self.output_adapters
-
-    def _slot_fusions(self, slot):
-        return self.mh_fusions if slot == "mh" else self.output_fusions
 
     def base_layers(self):
         """The block's own pretrained layers (attention, feed-forward, LayerNorms)."""
@@ -269,81 +277,13 @@ class TransformerBlock(keras.layers.Layer):
 
     def adapter_layers(self, name):
         """The `BottleneckAdapter` layers of adapter `name` in this block, by slot."""
-        return {s: self._slot_adapters(s)[name] for s in SLOTS if name in self._slot_adapters(s)}
+        return {s: slot.adapters[name] for s, slot in self.slots.items() if name in slot.adapters}
 
     def fusion_layers(self, key):
         """The `AdapterFusion` layers of the fusion with key `key` in this block, by slot."""
-        return {s: self._slot_fusions(s)[key] for s in SLOTS if key in self._slot_fusions(s)}
+        return {s: slot.fusions[key] for s, slot in self.slots.items() if key in slot.fusions}
 
     # ------------------------------------------------------------- forward
-    @staticmethod
-    def _pre_forward(config, h, x, norm, query_before_ln=False):
-        """AdapterHub's `Adapter.pre_forward`: (adapter input, query, residual)."""
-        residual = h if config.residual_before_ln is True else None
-        query = h if query_before_ln else None
-        if config.original_ln_before:
-            a = h + x
-            if config.residual_before_ln == "post_add":
-                residual = a
-            a = norm(a)
-        else:
-            a = h
-        if config.residual_before_ln is False:
-            residual = a
-        if not query_before_ln:
-            query = a
-        return a, query, residual
-
-    @staticmethod
-    def _post_forward(config, out, x, norm):
-        if config.original_ln_after:
-            return norm(out + x)
-        return out
-
-    def _single(self, slot, name, h, x, norm, training):
-        adapters = self._slot_adapters(slot)
-        if name not in adapters:
-            return norm(h + x)
-        config = self.adapter_configs[name]
-        a, _, residual = self._pre_forward(config, h, x, norm)
-        out = adapters[name](a, residual, training=training)
-        return self._post_forward(config, out, x, norm)
-
-    def _slot(self, slot, h, x, norm, setup, adapter_index, training):
-        if setup is None:
-            return norm(h + x), None
-        if setup.kind == "single":
-            return self._single(slot, setup.adapters[0], h, x, norm, training), None
-        if setup.kind == "per_row":
-            # Every example takes the output of the adapter its index selects; the
-            # adapters are small, so running each on the whole batch is cheap.
-            out = None
-            for i, name in enumerate(setup.adapters):
-                candidate = self._single(slot, name, h, x, norm, training)
-                if out is None:
-                    out = candidate
-                else:
-                    chosen = ops.reshape(ops.equal(adapter_index, i), (-1, 1, 1))
-                    out = ops.where(chosen, candidate, out)
-            return out, None
-        adapters = self._slot_adapters(slot)
-        present = [n for n in setup.adapters if n in adapters]
-        if not present:
-            return norm(h + x), None
-        fusions = self._slot_fusions(slot)
-        if setup.fusion_key not in fusions:
-            raise ValueError(
-                f"adapter_setup: no fusion {setup.fusion_key!r} in block {self.block_index}; "
-                f"expected one of {sorted(self.fusion_specs)} (add it with add_fusion)."
-            )
-        fusion = fusions[setup.fusion_key]
-        # AdapterHub: the last fused adapter's config decides the residual.
-        config = self.adapter_configs[present[-1]]
-        a, query, residual = self._pre_forward(config, h, x, norm, fusion.query_before_ln)
-        # All adapters side by side, in a few products (AdapterFusion.fuse_adapters).
-        out, probs = fusion.fuse_adapters(query, a, [adapters[n] for n in present], residual, training=training)
-        return self._post_forward(config, out, x, norm), probs
-
     @staticmethod
     def _linear(layer, x):
         """`layer(x)` for one of the block's `Dense` layers, computed as one 2-D product.
@@ -383,12 +323,14 @@ class TransformerBlock(keras.layers.Layer):
         return ctx
 
     def __call__(self, hidden_states, attention_mask=None, adapter_setup=None, **kwargs):
+        # The encoder passes its parsed `AdapterSetup`, which goes through as it is; the other forms
+        # (a name, a list) are parsed here, for a block called on its own.
         setup = AdapterSetup.parse(adapter_setup)
-        token = None if setup is None else setup.token()
-        return super().__call__(hidden_states, attention_mask, adapter_setup=token, **kwargs)
+        return super().__call__(hidden_states, attention_mask, adapter_setup=call_form(setup, hidden_states),
+                                **kwargs)
 
     def call(self, hidden_states, attention_mask=None, adapter_setup=None, adapter_index=None, training=None):
-        setup = AdapterSetup.parse(adapter_setup)
+        setup = AdapterSetup.parse(adapter_setup)  # an AdapterSetup as it is; a symbolic call's token decoded
         if setup is not None and setup.kind == "per_row" and adapter_index is None:
             raise ValueError("TransformerBlock: a per-row adapter setup needs adapter_index ([batch] ints).")
         x = hidden_states
@@ -396,10 +338,10 @@ class TransformerBlock(keras.layers.Layer):
             self._linear(self.attention_output_dense, self._attention(x, attention_mask, training)),
             training=training,
         )
-        x1, mh_probs = self._slot("mh", h, x, self.attention_norm, setup, adapter_index, training)
+        x1, mh_probs = self.slots["mh"].forward(h, x, self.attention_norm, setup, adapter_index, training)
         inter = self._act(self._linear(self.intermediate_dense, x1))
         h2 = self.hidden_dropout_layer(self._linear(self.output_dense, inter), training=training)
-        out, out_probs = self._slot("output", h2, x1, self.output_norm, setup, adapter_index, training)
+        out, out_probs = self.slots["output"].forward(h2, x1, self.output_norm, setup, adapter_index, training)
         outputs = {"hidden_states": out}
         if mh_probs is not None:
             outputs["mh_fusion_attention"] = mh_probs
