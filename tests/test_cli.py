@@ -148,8 +148,8 @@ def test_demo_command_tiny(tmp_path, data_dir, capsys, monkeypatch):
 
     # Two sources and two seeds (the quick size has three of each) show the same: the whole command, one
     # adapter per source, a mean and spread over seeds, and a heatmap column per fused adapter.
-    tiny = demo.DemoSize(source_train=32, source_epochs=1, target_train=32, target_epochs=1, seeds=2,
-                         max_length=24, batch_size=16, test_limit=32, sources=("subjectivity", "bbc_topic"))
+    tiny = demo.DemoSize(source_train=16, source_epochs=1, target_train=16, target_epochs=1, seeds=2,
+                         max_length=16, batch_size=16, test_limit=16, sources=("subjectivity", "bbc_topic"))
     monkeypatch.setitem(demo.SIZES, "quick", tiny)
     out = tmp_path / "demo"
     assert cli.main(["demo", "--quick", "--output-dir", str(out), "--data-dir", data_dir]) == 0

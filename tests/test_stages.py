@@ -268,7 +268,8 @@ def test_mixed_precision_trains_on_minilm(policy, minilm_path, sentiment_batch):
         encoder.add_adapter(name, "seq_bn")
     model = builders.build_fusion_model(encoder, ["a", "b"], num_labels=2)
     training.compile_for_stage(model, learning_rate=1e-3)
-    losses = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
+    # One epoch of two steps: float16 matrix products are emulated on most CPUs (the slowest test otherwise).
+    losses = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history["loss"]
     assert all(np.isfinite(losses)), losses
     weights = [ops.convert_to_numpy(v) for v in model.trainable_weights]
     assert all(np.all(np.isfinite(w)) for w in weights)
