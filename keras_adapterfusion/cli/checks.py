@@ -533,7 +533,7 @@ def check_export(args):
 
 
 def check_predict(args):
-    from keras_adapterfusion.serving import _read_label_map, expects_pairs
+    from keras_adapterfusion.serving.client import _read_label_map, expects_pairs
 
     if not os.path.isdir(args.export):
         fail(f"--export {args.export!r}: not a directory; expected an exported version directory "
