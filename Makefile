@@ -14,6 +14,9 @@ STAMP := $(VENV)/.installed
 PEER ?= /tmp/peer
 PEER_BENCH ?= ../shared/bench/peer_bench.py
 BENCH_THREADS ?= 2
+# Test processes (pytest-xdist; one file per process, so module fixtures are made once): 2 for 2 cores.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install test test-tf test-jax demo demo-quick docs clean bench
 
@@ -27,14 +30,14 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: install
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "not tensorflow_only" tests
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
+	KERAS_BACKEND=jax $(PYTEST) -m "not tensorflow_only" tests
 
 test-tf: install
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
 
 test-jax: install
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "not tensorflow_only" tests
+	KERAS_BACKEND=jax $(PYTEST) -m "not tensorflow_only" tests
 
 demo: install
 	KERAS_BACKEND=tensorflow $(BIN)/keras-adapterfusion demo --output-dir demo_output

@@ -35,7 +35,7 @@ setup(
     extras_require={
         # gRPC requests, and the raw-text signatures' in-graph tokenizers (2.21.0's wheel cannot load its ICU data).
         "serving": ["tensorflow-serving-api", "tensorflow-text>=2.21.1"],
-        "dev": ["pytest", "jax[cpu]", "tensorflow-serving-api", "tensorflow-text>=2.21.1", "sentencepiece",
+        "dev": ["pytest", "pytest-xdist", "jax[cpu]", "tensorflow-serving-api", "tensorflow-text>=2.21.1", "sentencepiece",
                 # the documentation site (make docs, tests/test_docs.py)
                 "mkdocs==1.6.1", "mkdocs-material==9.8.1", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11"],
     },
