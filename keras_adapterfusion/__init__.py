@@ -23,6 +23,7 @@ model = kaf.AdapterModel(encoder, kaf.ClassificationHead(2), adapter_setup="sent
 
 import importlib
 import importlib.abc
+import importlib.util
 import sys
 
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
@@ -57,12 +58,28 @@ _LAZY = {
     "AdapterModel": "keras_adapterfusion.models",
     "MultiTaskModel": "keras_adapterfusion.models",
 }
-_SUBMODULES = ("adapterhub", "analysis", "backbones", "builders", "cli", "configs", "demo", "errors", "experiments",
-               "export", "heads", "inputs", "io", "layers", "models", "names", "saving", "serving", "startup_logs",
-               "tasks", "trainable", "training", "tuning", "version")
+_SUBMODULES = ("analysis", "applications", "backbones", "cli", "configs", "errors", "formats", "inputs", "io",
+               "layers", "lazy", "models", "names", "serving", "startup_logs", "tasks", "training", "tuning",
+               "version")
+# Modules that moved into the folders, under the paths they had before (`import keras_adapterfusion.saving`,
+# `python -m keras_adapterfusion.learning_curve`): each old path is the moved module itself (`_FindMovedModules`).
+_MOVED = {
+    "adapterhub": "formats.adapterhub",
+    "builders": "training.builders",
+    "demo": "applications.demo",
+    "experiments": "training.runs",
+    "export": "serving.export",
+    "graph_tokenizers": "serving.graph_tokenizers",
+    "heads": "training.losses",
+    "learning_curve": "applications.learning_curve",
+    "pruning": "analysis.pruning",
+    "saving": "formats.native",
+    "trainable": "models.trainable",
+}
 # The modules that define Keras-serializable classes (`register_keras_serializable`).
 _KERAS_SERIALIZABLES = ("keras_adapterfusion.layers", "keras_adapterfusion.backbones.transformer_encoder",
-                        "keras_adapterfusion.models", "keras_adapterfusion.heads", "keras_adapterfusion.training")
+                        "keras_adapterfusion.models.adapter_model", "keras_adapterfusion.training.losses",
+                        "keras_adapterfusion.training.optimizers")
 
 __all__ = sorted(["AdapterConfig", "CheckpointError", "ExportError", "FusionConfig", "InputError",
                   "InvalidNameError", "SaveError", "ServingError", "__version__", *_LAZY])
@@ -75,11 +92,13 @@ def __getattr__(name):
         return value
     if name in _SUBMODULES:
         return importlib.import_module(f"keras_adapterfusion.{name}")
+    if name in _MOVED:
+        return importlib.import_module(f"keras_adapterfusion.{_MOVED[name]}")
     raise AttributeError(f"module 'keras_adapterfusion' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES) | set(_MOVED))
 
 
 def _register_with_keras():
@@ -118,6 +137,42 @@ class _WatchForKeras(importlib.abc.MetaPathFinder):
         return spec
 
 
+class _MovedModule(importlib.abc.Loader):
+    """Loads an old module path as the module it moved to: one module object under both names."""
+
+    def __init__(self, target):
+        self._target = target  # the full name the module has now
+        self._spec = None
+
+    def create_module(self, spec):
+        module = importlib.import_module(self._target)
+        self._spec = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        module.__spec__ = self._spec  # the import system set the old path's spec; the module keeps its own
+
+    def get_code(self, fullname):  # `python -m keras_adapterfusion.<old path>` runs the moved module's code
+        return importlib.util.find_spec(self._target).loader.get_code(self._target)
+
+    def is_package(self, fullname):
+        return False
+
+
+class _FindMovedModules(importlib.abc.MetaPathFinder):
+    """Finds `keras_adapterfusion.<old path>` for the modules in `_MOVED`."""
+
+    def find_spec(self, fullname, path, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in _MOVED:
+            return None
+        moved = f"{__name__}.{_MOVED[name]}"
+        origin = importlib.util.find_spec(moved).origin
+        return importlib.util.spec_from_loader(fullname, _MovedModule(moved), origin=origin)
+
+
+if not any(isinstance(finder, _FindMovedModules) for finder in sys.meta_path):
+    sys.meta_path.append(_FindMovedModules())
 if "keras" in sys.modules:
     _register_with_keras()
 elif not any(isinstance(finder, _WatchForKeras) for finder in sys.meta_path):

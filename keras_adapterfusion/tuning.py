@@ -50,8 +50,9 @@ TensorFlow installed).
 Example:
 
 ```python
-from keras_adapterfusion import load_encoder, saving, tuning
-from keras_adapterfusion.experiments import prepare
+from keras_adapterfusion import load_encoder, tuning
+from keras_adapterfusion.formats import native as saving
+from keras_adapterfusion.training.runs import prepare
 from keras_adapterfusion import load_tokenizer
 
 encoder = load_encoder("path/to/bert")
@@ -599,7 +600,7 @@ class FusionHyperModel:
         import keras_tuner
 
         super().__init__(name=name, tunable=True)  # keras_tuner.HyperModel's
-        from keras_adapterfusion.builders import resolve_encoder
+        from keras_adapterfusion.training.builders import resolve_encoder
         from keras_adapterfusion.tasks import Task, get_task
 
         self.encoder = resolve_encoder(encoder)
@@ -713,10 +714,10 @@ class FusionHyperModel:
         """
         import keras
 
-        from keras_adapterfusion import builders
-        from keras_adapterfusion.heads import make_head
-        from keras_adapterfusion.models import AdapterModel
-        from keras_adapterfusion.trainable import make_spec
+        from keras_adapterfusion.training import builders
+        from keras_adapterfusion.training.losses import make_head
+        from keras_adapterfusion.models.adapter_model import AdapterModel
+        from keras_adapterfusion.models.trainable import make_spec
 
         self._started = time.perf_counter()
         setup = self.setup(hp)
@@ -759,9 +760,9 @@ class FusionHyperModel:
         """
         import keras
 
-        from keras_adapterfusion import training
-        from keras_adapterfusion.experiments import ValidationMetrics, progress_verbosity
-        from keras_adapterfusion.heads import compile_arguments
+        from keras_adapterfusion.training import optimizers as training
+        from keras_adapterfusion.training.runs import ValidationMetrics, progress_verbosity
+        from keras_adapterfusion.training.losses import compile_arguments
 
         parts = _parts()
 

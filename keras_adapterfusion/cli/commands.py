@@ -16,7 +16,7 @@ from keras_adapterfusion.errors import CheckpointError, ExportError, ServingErro
 # ----------------------------------------------------------------- training
 def _data(args, task, tokenizer):
     """Tokenized training data, and the validation and evaluation splits (either may be None)."""
-    from keras_adapterfusion.experiments import prepare
+    from keras_adapterfusion.training.runs import prepare
 
     def split(name, **kwargs):
         if name is None:
@@ -101,7 +101,7 @@ def _settings(args, task):
 
 def _train_and_save(args, stage, build, save, extra_run=None):
     from keras_adapterfusion import load_encoder, load_tokenizer
-    from keras_adapterfusion.experiments import dataset, evaluate, fit, seed_everything
+    from keras_adapterfusion.training.runs import dataset, evaluate, fit, seed_everything
     from keras_adapterfusion.io import write_directory, write_json
 
     task = args.task_obj
@@ -167,8 +167,8 @@ def stalled_metrics_note(history, learning_rate):
 
 def _fusion_heatmap(model, evaluation, batch_size, directory):
     """The fusion's mean attention per block and adapter on the evaluation data, as PNG and JSON."""
-    from keras_adapterfusion import analysis
-    from keras_adapterfusion.experiments import dataset
+    from keras_adapterfusion.analysis import attentions as analysis
+    from keras_adapterfusion.training.runs import dataset
     from keras_adapterfusion.io import write_json
 
     mean = analysis.collect_fusion_attentions(model, dataset(*evaluation, max(batch_size, 32)), verbose=0)
@@ -178,7 +178,7 @@ def _fusion_heatmap(model, evaluation, batch_size, directory):
 
 
 def _head(task):
-    from keras_adapterfusion.heads import make_head
+    from keras_adapterfusion.training.losses import make_head
 
     labels = None if task.kind == "regression" else list(task.label_names)
     return make_head(task.head_kind, task.num_labels if task.kind != "regression" else None, label_names=labels,
@@ -186,7 +186,8 @@ def _head(task):
 
 
 def cmd_train_adapter(args):
-    from keras_adapterfusion import builders, saving
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.formats import native as saving
 
     name = args.adapter_name
 
@@ -201,7 +202,8 @@ def cmd_train_adapter(args):
 
 
 def cmd_fuse(args):
-    from keras_adapterfusion import builders, saving
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.formats import native as saving
 
     names = []
 
@@ -223,8 +225,9 @@ def cmd_fuse(args):
 
 
 def cmd_tune(args):
-    from keras_adapterfusion import load_encoder, load_tokenizer, saving, tuning
-    from keras_adapterfusion.experiments import prepare, seed_everything
+    from keras_adapterfusion import load_encoder, load_tokenizer, tuning
+    from keras_adapterfusion.formats import native as saving
+    from keras_adapterfusion.training.runs import prepare, seed_everything
     from keras_adapterfusion.io import write_json
 
     task, out = args.task_obj, os.path.abspath(args.output_dir)
@@ -300,7 +303,7 @@ def _trials_in(project):
 
 
 def cmd_finetune(args):
-    from keras_adapterfusion import builders
+    from keras_adapterfusion.training import builders
 
     def build(task, encoder):
         return builders.build_full_finetune_model(encoder, head=_head(task))
@@ -312,7 +315,8 @@ def cmd_finetune(args):
 
 
 def cmd_head_only(args):
-    from keras_adapterfusion import builders, saving
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.formats import native as saving
 
     def build(task, encoder):
         return builders.build_head_only_model(encoder, head=_head(task))
@@ -325,7 +329,7 @@ def cmd_head_only(args):
 
 # --------------------------------------------------------------- evaluation
 def rebuild(run_dir):
-    from keras_adapterfusion.experiments import rebuild_model
+    from keras_adapterfusion.training.runs import rebuild_model
 
     try:
         return rebuild_model(run_dir)
@@ -335,7 +339,7 @@ def rebuild(run_dir):
 
 def cmd_evaluate(args):
     from keras_adapterfusion import load_tokenizer
-    from keras_adapterfusion.experiments import evaluate, prepare
+    from keras_adapterfusion.training.runs import evaluate, prepare
     from keras_adapterfusion.io import write_json
 
     model, run = rebuild(args.run_dir)
@@ -365,7 +369,7 @@ def cmd_evaluate(args):
 
 
 def cmd_demo(args):
-    from keras_adapterfusion.demo import run_demo
+    from keras_adapterfusion.applications.demo import run_demo
 
     size = "quick" if args.quick else "full" if args.full else "default"
     run_demo(args.output_dir, size=size, encoder_path=args.encoder, data_dir=args.data_dir, seeds=args.seeds,
@@ -378,7 +382,7 @@ def cmd_demo(args):
 def cmd_export(args):
     import keras
 
-    from keras_adapterfusion.export import export_saved_model
+    from keras_adapterfusion.serving.export import export_saved_model
 
     if args.run_dir is not None:
         model, _ = rebuild(args.run_dir)

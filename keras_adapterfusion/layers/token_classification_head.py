@@ -12,7 +12,7 @@ class TokenClassificationHead(ClassificationHead):
     The same dense stack as `ClassificationHead` (`layers - 1` times
     `Dropout → Dense(H) → activation`, then `Dropout → Dense(num_labels)`),
     applied to every token instead of the first. Train with
-    `keras_adapterfusion.heads.MaskedSparseCategoricalCrossentropy`, which skips
+    `keras_adapterfusion.training.losses.MaskedSparseCategoricalCrossentropy`, which skips
     label `-100` (padding and sub-word continuations).
 
     Args:

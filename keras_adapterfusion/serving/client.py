@@ -1,4 +1,4 @@
-"""A client for models exported with `keras_adapterfusion.export` and served by TF Serving.
+"""A client for models exported with `keras_adapterfusion.serving.export` and served by TF Serving.
 
 From raw text it builds TF Serving's REST request (`{"signature_name", "instances"}`)
 and gRPC `PredictRequest` (needs `tensorflow-serving-api`: `pip install
@@ -53,7 +53,7 @@ def _check_label_map(label_map, source, error):
         raise error(f"serving: {source}: {what}")
 
     expected = ("expected {\"tasks\": {task: {\"labels\": [...], \"problem_type\": ...}}, "
-                "as keras_adapterfusion.export writes it")
+                "as keras_adapterfusion.serving.export writes it")
     if not isinstance(label_map, Mapping):
         fail(f"the label map is a {type(label_map).__name__}; {expected}.")
     if "tasks" not in label_map:

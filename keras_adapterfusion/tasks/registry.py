@@ -96,7 +96,7 @@ class Task:
 
     @property
     def head_kind(self):
-        """The head this task needs (`keras_adapterfusion.heads.make_head` kinds)."""
+        """The head this task needs (`keras_adapterfusion.training.losses.make_head` kinds)."""
         if self.layout == "multiple_choice":
             return "multiple_choice"
         return {"single_label": "classification", "multi_label": "multilabel", "regression": "regression"}[self.kind]

@@ -10,7 +10,7 @@ from keras_adapterfusion import inputs as model_inputs
 from keras_adapterfusion.errors import SaveError
 from keras_adapterfusion.io.files import atomic_file
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup
-from keras_adapterfusion.trainable import apply_trainable_spec, spec_trainable_weights
+from keras_adapterfusion.models.trainable import apply_trainable_spec, spec_trainable_weights
 
 OUTPUT_KEYS = ("last_hidden_state", "pooler_output", "hidden_states", "fusion_attentions",
                "mh_fusion_attentions", "logits")
@@ -34,7 +34,7 @@ class _SharedEncoderModel(keras.Model):
         raise NotImplementedError
 
     def apply_trainable_spec(self):
-        """Set the trainable flags of this model's stage (see `keras_adapterfusion.trainable`)."""
+        """Set the trainable flags of this model's stage (see `keras_adapterfusion.models.trainable`)."""
         if self.trainable_spec is not None:
             apply_trainable_spec(self.encoder, self.head_layers(), self.trainable_spec)
 
@@ -214,7 +214,7 @@ class AdapterModel(_SharedEncoderModel):
     Several `AdapterModel`s can share one encoder (and so its weights): for
     example a stage-1 model with `adapter_setup="sentiment"` and a stage-2 model
     with `adapter_setup=["sentiment", "nli", "topic"]`. The stage builders in
-    `keras_adapterfusion.builders` create these with the right trainable weights.
+    `keras_adapterfusion.training.builders` create these with the right trainable weights.
 
     Args:
         encoder: a `TransformerEncoder`.

@@ -8,7 +8,8 @@ does not give one.
 Example:
 
 ```python
-from keras_adapterfusion import training, heads
+from keras_adapterfusion.training import optimizers as training
+from keras_adapterfusion.training import losses as heads
 
 optimizer = training.make_optimizer("fusion", total_steps=1000)
 model.compile(optimizer=optimizer, **heads.compile_arguments(model.head))
@@ -110,13 +111,13 @@ def make_optimizer(stage="adapter", total_steps=None, learning_rate=None, weight
 
 def stage_of(model):
     """The stage name a builder's model trains (from its trainable spec)."""
-    from keras_adapterfusion.models import MultiTaskModel
+    from keras_adapterfusion.models.adapter_model import MultiTaskModel
 
     spec = getattr(model, "trainable_spec", None)
     if isinstance(model, MultiTaskModel):
         return "multitask"
     if spec is None:
-        raise ValueError(f"stage_of: {model.name} has no trainable spec; build it with keras_adapterfusion.builders.")
+        raise ValueError(f"stage_of: {model.name} has no trainable spec; build it with keras_adapterfusion.training.builders.")
     if spec["fusions"]:
         return "fusion"
     if spec["encoder"]:
@@ -128,7 +129,7 @@ def stage_of(model):
 
 def compile_for_stage(model, stage=None, total_steps=None, learning_rate=None, **optimizer_kwargs):
     """Compile a builder's model with its stage's optimizer and its head's loss and metrics."""
-    from keras_adapterfusion.heads import compile_arguments
+    from keras_adapterfusion.training.losses import compile_arguments
 
     stage = stage or stage_of(model)
     heads = model.head_layers()

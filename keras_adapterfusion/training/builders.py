@@ -15,14 +15,14 @@ stage 1 trained, with no copies.
 | Fusion w/ ST-A or MT-A | `build_fusion_model` | fusion layers + a new head (optionally the adapters) |
 
 Each builder gives its model the stage's *trainable spec*
-(`keras_adapterfusion.trainable`); the model stores it in its config and
+(`keras_adapterfusion.models.trainable`); the model stores it in its config and
 re-applies it when it is built, loaded from `.keras`, or fit, so models that
 share an encoder each train their own weights.
 
 Example:
 
 ```python
-from keras_adapterfusion import builders
+from keras_adapterfusion.training import builders
 
 encoder = load_encoder("path/to/bert")
 st_a = builders.build_adapter_model(encoder, "sentiment", num_labels=2)     # stage 1
@@ -36,8 +36,8 @@ from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
 from keras_adapterfusion.configs import AdapterConfig
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 from keras_adapterfusion.layers.classification_head import ClassificationHead
-from keras_adapterfusion.models import AdapterModel, MultiTaskModel
-from keras_adapterfusion.trainable import make_spec
+from keras_adapterfusion.models.adapter_model import AdapterModel, MultiTaskModel
+from keras_adapterfusion.models.trainable import make_spec
 
 
 def resolve_encoder(encoder, **load_kwargs):

@@ -11,7 +11,7 @@
 Example:
 
 ```python
-from keras_adapterfusion import heads
+from keras_adapterfusion.training import losses as heads
 
 head = heads.make_head("classification", num_labels=3)
 model.compile(optimizer="adam", **heads.compile_arguments(head))

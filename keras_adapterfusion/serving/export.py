@@ -24,7 +24,7 @@ version directory.
 Example:
 
 ```python
-from keras_adapterfusion.export import export_saved_model
+from keras_adapterfusion.serving.export import export_saved_model
 
 path = export_saved_model(fusion_model, "export", model_name="sentiment",
                           tokenizer="path/to/checkpoint", label_names=["negative", "positive"])
@@ -63,14 +63,14 @@ TOKENIZER_FILES = (
 
 
 def _check_model(task, model):
-    from keras_adapterfusion.models import AdapterModel
+    from keras_adapterfusion.models.adapter_model import AdapterModel
 
     if not getattr(model, "built", False):
         raise ExportError(f"export: model {getattr(model, 'name', model)!r} of task {task!r} is not built; "
                           "call it on a batch first.")
     if not isinstance(model, AdapterModel):
         raise ExportError(f"export: task {task!r} is a {type(model).__name__}; expected an AdapterModel "
-                          "(e.g. from keras_adapterfusion.builders).")
+                          "(e.g. from keras_adapterfusion.training.builders).")
     if not model.built or not model.encoder.built or (model.head is not None and not model.head.built):
         raise ExportError(f"export: model {model.name!r} of task {task!r} is not built; call it on a batch first.")
     if model.head is None:
@@ -151,7 +151,7 @@ def _outputs(tf, model, logits, prefix=""):
 
 
 def _run(tf, model, inputs, attentions):
-    from keras_adapterfusion.models import _flatten_choices
+    from keras_adapterfusion.models.adapter_model import _flatten_choices
 
     # Invalid ids fail the request (TF Serving: INVALID_ARGUMENT) with a message naming the input.
     with tf.control_dependencies(tf_assertions(tf, inputs, limits_of(model))):
@@ -206,7 +206,7 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
             model config is refused (`ExportError`) before anything is written.
         text_signatures: add signatures that take raw text (`serving_text`, and
             `<task>_text` / `all_tasks_text` for several tasks), tokenizing in the graph
-            (`keras_adapterfusion.graph_tokenizers`): `False` (the default: the export loads
+            (`keras_adapterfusion.serving.graph_tokenizers`): `False` (the default: the export loads
             wherever TensorFlow loads), `True` (needs `tensorflow-text` to export, and its ops
             wherever the SavedModel is loaded; see docs/serving.md), or `"auto"` (when the
             tokenizer is WordPiece or SentencePiece and `tensorflow-text` is installed).
@@ -369,7 +369,7 @@ def _text_tokenizer(asset_files, text_signatures, max_length):
         if text_signatures is True:
             raise ExportError("export: text_signatures=True needs a tokenizer.")
         return None
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer, tokenizer_family
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer, tokenizer_family
 
     directory = os.path.dirname(next(iter(asset_files.values())))
     if text_signatures == "auto":

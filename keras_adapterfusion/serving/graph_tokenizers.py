@@ -31,7 +31,7 @@ Export needs `tensorflow-text` installed (`pip install keras-adapterfusion[servi
 Example:
 
 ```python
-from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
 
 tok = graph_tokenizer("path/to/checkpoint", max_length=128)   # a tf.Module
 ids = tok(tf.constant(["What a film!"]))                      # input_ids, attention_mask, token_type_ids

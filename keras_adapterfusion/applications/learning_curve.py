@@ -2,7 +2,7 @@
 
 AdapterFusion's claim (Pfeiffer et al., 2020, Table 1) is that fusing source adapters helps most where the
 target task has little data, and that it beats multi-task learning. This module measures that claim on the
-offline tasks and encoder (`keras_adapterfusion.demo`'s sources and target), for each target size and seed:
+offline tasks and encoder (`keras_adapterfusion.applications.demo`'s sources and target), for each target size and seed:
 
 - `head_only`: a head on the frozen encoder;
 - `full_finetune`: every encoder weight and a head;
@@ -22,7 +22,7 @@ Every finished run is appended to `runs.jsonl` in the output directory at once, 
 continues where it stopped when run again with the same arguments; `results.json`, `learning_curve.md` and
 `learning_curve.png` (mean ± standard deviation over seeds per set-up and size) are rewritten at the end.
 
-Run it with `python -m keras_adapterfusion.learning_curve --output-dir DIR` (see `--help`).
+Run it with `python -m keras_adapterfusion.applications.learning_curve --output-dir DIR` (see `--help`).
 """
 
 import argparse
@@ -168,13 +168,16 @@ def run_learning_curve(output_dir, config=CurveConfig(), setups=SETUPS, encoder_
     """
     import keras
 
-    from keras_adapterfusion import builders, load_encoder, load_tokenizer, saving, training
+    from keras_adapterfusion import load_encoder, load_tokenizer
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.formats import native as saving
+    from keras_adapterfusion.training import optimizers as training
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
-    from keras_adapterfusion.experiments import dataset as make_ds
-    from keras_adapterfusion.experiments import evaluate, fit, prepare, seed_everything
-    from keras_adapterfusion.heads import make_head
-    from keras_adapterfusion.models import AdapterModel
-    from keras_adapterfusion.trainable import make_spec
+    from keras_adapterfusion.training.runs import dataset as make_ds
+    from keras_adapterfusion.training.runs import evaluate, fit, prepare, seed_everything
+    from keras_adapterfusion.training.losses import make_head
+    from keras_adapterfusion.models.adapter_model import AdapterModel
+    from keras_adapterfusion.models.trainable import make_spec
     from keras_adapterfusion.tasks import get_task
 
     unknown = [s for s in setups if s not in SETUPS]
@@ -384,8 +387,8 @@ def plot(summary, metric, path, cfg):
 
 
 def main(argv=None):
-    """`python -m keras_adapterfusion.learning_curve`: see `--help`."""
-    parser = argparse.ArgumentParser(prog="python -m keras_adapterfusion.learning_curve",
+    """`python -m keras_adapterfusion.applications.learning_curve`: see `--help`."""
+    parser = argparse.ArgumentParser(prog="python -m keras_adapterfusion.applications.learning_curve",
                                      description="Learning curve of the paper's set-ups on the offline tasks.")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--sizes", default="50,100,300,1000", help="comma-separated target sizes")

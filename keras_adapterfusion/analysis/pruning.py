@@ -19,7 +19,7 @@ compose: `drop_adapters(prune_fusion(model, data, keep=2), blocks=2)`.
 Example:
 
 ```python
-from keras_adapterfusion import pruning
+from keras_adapterfusion.analysis import pruning
 
 print(pruning.adapter_importance(fusion_model, validation_x))   # {"sentiment": 0.61, "nli": 0.07, ...}
 small = pruning.prune_fusion(fusion_model, validation_x, keep=2)
@@ -37,7 +37,7 @@ from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 
 
 def _adapter_model(model, what):
-    from keras_adapterfusion.models import AdapterModel
+    from keras_adapterfusion.models.adapter_model import AdapterModel
 
     if not isinstance(model, AdapterModel):
         raise ValueError(f"{what}: got {type(model).__name__}; expected an AdapterModel (MultiTaskModel routes "
@@ -78,7 +78,7 @@ def adapter_importance(model, data, steps=None, batch_size=64):
     # {"vader_movie": 0.12, "subjectivity": 0.03, "bbc_topic": 0.02, "target": 0.83}
     ```
     """
-    from keras_adapterfusion.analysis import collect_fusion_attentions
+    from keras_adapterfusion.analysis.attentions import collect_fusion_attentions
 
     setup = _fusion_model(model, "adapter_importance")
     config = model.encoder.adapter_configs[setup.adapters[-1]]
@@ -183,8 +183,8 @@ def _rebuild(model, adapters, drop_blocks, name):
     import keras
 
     from keras_adapterfusion.backbones.copying import copy_encoder
-    from keras_adapterfusion.models import AdapterModel
-    from keras_adapterfusion.trainable import make_spec
+    from keras_adapterfusion.models.adapter_model import AdapterModel
+    from keras_adapterfusion.models.trainable import make_spec
 
     encoder = model.encoder
     setup = model.adapter_setup

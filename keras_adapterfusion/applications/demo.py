@@ -71,10 +71,12 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
     """Run the demo; returns the results dict (also written to `output_dir/results.json`)."""
     import keras
 
-    from keras_adapterfusion import analysis, builders, load_encoder, load_tokenizer
+    from keras_adapterfusion import load_encoder, load_tokenizer
+    from keras_adapterfusion.analysis import attentions as analysis
+    from keras_adapterfusion.training import builders
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
-    from keras_adapterfusion.experiments import evaluate, fit, prepare, seed_everything
-    from keras_adapterfusion.experiments import dataset as make_ds
+    from keras_adapterfusion.training.runs import evaluate, fit, prepare, seed_everything
+    from keras_adapterfusion.training.runs import dataset as make_ds
     from keras_adapterfusion.tasks import get_task
 
     if size not in SIZES:

@@ -15,7 +15,7 @@ stage-1 model trains an adapter, a stage-2 model a fusion over it), so a model
 never trusts the layers' current `trainable` flags, which the last model to
 run may have set: `spec_trainable_weights` derives the weights from the spec,
 and `apply_trainable_spec` sets the flags before a model trains. The builders
-(`keras_adapterfusion.builders`) and the models (`keras_adapterfusion.models`)
+(`keras_adapterfusion.training.builders`) and the models (`keras_adapterfusion.models.adapter_model`)
 both import this module; neither imports the other for it.
 
 Example:

@@ -4,10 +4,11 @@ Example:
 
 ```python
 from keras_adapterfusion import analysis
+from keras_adapterfusion.training.callbacks import FusionAttentionCallback
 
 mean = analysis.collect_fusion_attentions(fusion_model, validation_data)   # [blocks, adapters]
 analysis.plot_fusion_heatmap(mean, fusion_model.adapter_setup.adapters, "fusion_heatmap.png")
-fusion_model.fit(train, callbacks=[analysis.FusionAttentionCallback(validation_data, "attn/")])
+fusion_model.fit(train, callbacks=[FusionAttentionCallback(validation_data, "attn/")])  # training.callbacks
 ```
 """
 
@@ -19,7 +20,8 @@ import numpy as np
 from keras_adapterfusion.io.files import write_json
 
 
-def _fusion_setup(model):
+def fusion_setup(model):
+    """The fusion set-up `model` runs (`ValueError` when it runs none)."""
     setup = getattr(model, "adapter_setup", None)
     if setup is None or setup.kind != "fuse":
         raise ValueError(
@@ -60,7 +62,7 @@ def collect_fusion_attentions(model, dataset, steps=None, slot="output", verbose
     Returns:
         A numpy array `[blocks, adapters]`; each row sums to 1.
     """
-    setup = _fusion_setup(model)
+    setup = fusion_setup(model)
     key = "fusion_attentions" if slot == "output" else "mh_fusion_attentions"
     total, count = None, 0.0
     progbar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
@@ -112,38 +114,3 @@ def plot_fusion_heatmap(mean_attention, adapter_names, path, title="AdapterFusio
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-class FusionAttentionCallback(keras.callbacks.Callback):
-    """After every `every` epochs, writes `epoch_{n}.png` and `epoch_{n}.json` with the mean
-    fusion attention of the model being trained over `dataset`.
-
-    Args:
-        dataset: validation data, as `collect_fusion_attentions` takes it (arrays,
-            `(x, y)` arrays, or batches); read anew every snapshot.
-        directory: where the files go.
-        every: epochs between two snapshots.
-        steps: batches per snapshot.
-    """
-
-    def __init__(self, dataset, directory, every=1, steps=None):
-        super().__init__()
-        if hasattr(dataset, "__next__"):
-            raise ValueError("FusionAttentionCallback: got an iterator, which the second snapshot would find empty; "
-                             "pass arrays, (x, y) arrays, a tf.data.Dataset, a PyDataset or a list of batches.")
-        self.dataset = dataset
-        self.directory = directory
-        self.every = every
-        self.steps = steps
-        self.history = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
-        names = list(_fusion_setup(self.model).adapters)
-        mean = collect_fusion_attentions(self.model, self.dataset, self.steps, verbose=0)
-        os.makedirs(self.directory, exist_ok=True)
-        stem = os.path.join(self.directory, f"epoch_{epoch + 1}")
-        plot_fusion_heatmap(mean, names, stem + ".png", title=f"AdapterFusion attention, epoch {epoch + 1}")
-        write_json(stem + ".json", {"adapters": names, "mean_attention": mean.tolist()})
-        self.history.append(mean)

@@ -14,12 +14,12 @@ replaces a directory that is not an earlier save of the same kind. Loading
 checks the kind, the encoder signature, every config field and every tensor
 (key, shape, dtype, finiteness) before it changes anything, and names the file
 and the field when something does not fit. For AdapterHub's layout use
-`keras_adapterfusion.adapterhub` instead.
+`keras_adapterfusion.formats.adapterhub` instead.
 
 Example:
 
 ```python
-from keras_adapterfusion import saving
+from keras_adapterfusion.formats import native as saving
 
 saving.save_adapter(encoder, "sentiment", "artefacts/sentiment")
 saving.save_fusion(encoder, ["sentiment", "nli"], "artefacts/fusion")

@@ -1,6 +1,6 @@
 """Running one stage on one task: data, training, evaluation and artefacts.
 
-The command line (`keras_adapterfusion.cli`) and the demo (`keras_adapterfusion.demo`)
+The command line (`keras_adapterfusion.cli`) and the demo (`keras_adapterfusion.applications.demo`)
 are thin layers over these functions. A *run directory* holds what a stage
 produced:
 
@@ -23,6 +23,8 @@ import numpy as np
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io import json_field, read_json, saved_directory
 from keras_adapterfusion.names import check_name
+from keras_adapterfusion.training.callbacks import ValidationMetrics
+from keras_adapterfusion.training.evaluation import evaluate, predict_logits  # noqa: F401  (runs' names)
 
 STAGE_TO_OPTIMIZER = {"head_only": "head_only", "finetune": "full_finetune", "adapter": "adapter",
                       "fusion": "fusion"}
@@ -164,7 +166,7 @@ def fit(model, stage, train, epochs, learning_rate=None, steps_per_epoch=None, v
     Returns:
         The history: metric name -> one value per epoch (`loss`, `val_loss`, `val_accuracy`, ...).
     """
-    from keras_adapterfusion import training
+    from keras_adapterfusion.training import optimizers as training
 
     steps = steps_per_epoch if steps_per_epoch is not None else _batches_per_epoch(train)
     training.compile_for_stage(model, STAGE_TO_OPTIMIZER[stage], total_steps=max(1, steps * epochs),
@@ -175,103 +177,12 @@ def fit(model, stage, train, epochs, learning_rate=None, steps_per_epoch=None, v
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
-def _loss(task, labels, logits):
-    """The training loss of `task`'s head on `logits`, in NumPy (what the compiled loss computes)."""
-    labels = np.asarray(labels)
-    logits = np.asarray(logits, dtype=np.float64)
-    if task.kind == "regression":
-        return float(np.mean((logits.reshape(-1) - labels.reshape(-1)) ** 2))
-    if task.kind == "multi_label":
-        return float(np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))))
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return float(-np.mean(log_probs[np.arange(len(labels)), labels.astype(int)]))
-
-
-def _make_validation_callback():
-    import keras
-
-    class ValidationMetrics(keras.callbacks.Callback):
-        """After every epoch: the task's metrics and loss on validation data, as `val_<name>` in the logs.
-
-        Args:
-            task: the `Task` (its metrics and kind).
-            encoded: tokenized validation inputs (`tasks.tokenize`).
-            labels: their labels.
-        """
-
-        def __init__(self, task, encoded, labels):
-            super().__init__()
-            self.task, self.encoded, self.labels = task, encoded, np.asarray(labels)
-
-        def on_epoch_end(self, epoch, logs=None):
-            logits = predict_logits(self.model, self.encoded)
-            if logs is not None:
-                logs["val_loss"] = _loss(self.task, self.labels, logits)
-                for name, value in _metrics(self.task, self.labels, logits).items():
-                    logs[f"val_{name}"] = value
-
-    return ValidationMetrics
-
-
-def ValidationMetrics(task, encoded, labels):  # noqa: N802  (a class made on first use: Keras loads lazily)
-    """A Keras callback logging the task's metrics and loss on validation data after every epoch."""
-    return _make_validation_callback()(task, encoded, labels)
-
-
 def _batches_per_epoch(train):
     """Batches in one epoch of a `tf.data.Dataset` or a `keras.utils.PyDataset` (`make_dataset` gives either)."""
     if hasattr(train, "cardinality"):  # tf.data
         steps = int(train.cardinality())
         return steps if steps > 0 else sum(1 for _ in train)  # unknown size: count once
     return len(train)
-
-
-def evaluate(model, task, encoded, labels, batch_size=64):
-    """The task's metrics of `model` on tokenized data (see `predict_logits`)."""
-    from keras_adapterfusion.tasks import get_task
-
-    task = get_task(task)
-    return _metrics(task, np.asarray(labels), predict_logits(model, encoded, batch_size))
-
-
-def _metrics(task, labels, logits):
-    from keras_adapterfusion.tasks import compute_metrics
-
-    return compute_metrics(task.metrics, np.asarray(labels), logits, kind=getattr(task, "kind", "single_label"))
-
-
-def predict_logits(model, encoded, batch_size=64):
-    """`model`'s outputs on tokenized data, as float64.
-
-    Every batch is padded to the longest example of the whole set, and the set
-    is topped up to a whole number of batches (with copies of its first
-    example, whose outputs are dropped), so the prediction function is traced
-    and compiled once rather than once per batch shape.
-    """
-    import keras
-
-    n = len(encoded["input_ids"])
-    extra = -n % batch_size if n > batch_size else 0
-    x = {k: _pad([np.asarray(v) for v in encoded[k]] + [np.asarray(encoded[k][0])] * extra) for k in encoded}
-    data, size = x, batch_size
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # Batched by tf.data rather than by Keras: on TensorFlow, Keras slices arrays with a
-        # parallel map, which op determinism (`seed_everything`) rewrites, logging a spurious
-        # error line ("NodeDef mentions attribute use_unbounded_threadpool"). The same batches.
-        data, size = tf.data.Dataset.from_tensor_slices(x).batch(batch_size), None
-    return np.asarray(model.predict(data, batch_size=size, verbose=0), dtype=np.float64)[:n]
-
-
-def _pad(values):
-    """Stack ragged int arrays ([tokens] or [choices, tokens]) with zero padding on the last axis."""
-    longest = max(v.shape[-1] for v in values)
-    out = np.zeros((len(values),) + values[0].shape[:-1] + (longest,), np.int32)
-    for i, v in enumerate(values):
-        out[i, ..., : v.shape[-1]] = v
-    return out
 
 
 def run_task(run):
@@ -299,7 +210,9 @@ def rebuild_model(run_dir, encoder=None):
     """The model a run directory describes, on `encoder` (loaded from the run's encoder if None)."""
     import keras
 
-    from keras_adapterfusion import builders, load_encoder, saving
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.formats import native as saving
 
     run = read_run(run_dir)
     run_dir = saved_directory(run_dir)

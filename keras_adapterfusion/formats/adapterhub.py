@@ -24,7 +24,7 @@ the head and is written on export.
 Example:
 
 ```python
-from keras_adapterfusion import adapterhub
+from keras_adapterfusion.formats import adapterhub
 
 model = adapterhub.load_fusion_model(
     "path/to/bert", ["adapters/sentiment", "adapters/nli"], "adapters/fusion",
@@ -54,7 +54,7 @@ from keras_adapterfusion.io import (
 )
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup, fusion_key
 from keras_adapterfusion.layers.classification_head import ClassificationHead
-from keras_adapterfusion.models import AdapterModel
+from keras_adapterfusion.models.adapter_model import AdapterModel
 from keras_adapterfusion.names import check_name
 
 ADAPTERHUB_VERSION = "adapters.1.3.0"
