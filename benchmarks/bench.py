@@ -31,7 +31,8 @@ SCENARIOS = ("train_full", "train_adapter", "train_fusion", "infer_base", "infer
 
 
 def build(model_name, scenario, n_adapters, reference_form):
-    from keras_adapterfusion import TransformerEncoder, builders
+    from keras_adapterfusion import TransformerEncoder
+    from keras_adapterfusion.training import builders
 
     encoder = TransformerEncoder(vocab_size=30522, max_positions=512, fusion_reference_form=reference_form,
                                  **CONFIGS[model_name])

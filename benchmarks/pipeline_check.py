@@ -41,9 +41,10 @@ def main():
     import keras
     import numpy as np
 
-    from keras_adapterfusion import builders, load_encoder, load_tokenizer
+    from keras_adapterfusion import load_encoder, load_tokenizer
+    from keras_adapterfusion.training import builders
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
-    from keras_adapterfusion.experiments import dataset, fit, prepare
+    from keras_adapterfusion.training.runs import dataset, fit, prepare
     from keras_adapterfusion.tasks.pipeline import default_data_path
 
     keras.utils.set_random_seed(0)

@@ -1,4 +1,4 @@
-"""Accuracy and speed of pruned fusion models (keras_adapterfusion.pruning) against the unpruned one.
+"""Accuracy and speed of pruned fusion models (keras_adapterfusion.analysis.pruning) against the unpruned one.
 
 Takes a `fuse` run directory (from `keras-adapterfusion fuse`, e.g. on the demo's target `vader_tweets`),
 ranks the adapters on the task's validation split, and compares on the test split:
@@ -36,8 +36,10 @@ def main():
     import keras
     import numpy as np
 
-    from keras_adapterfusion import builders, load_tokenizer, pruning
-    from keras_adapterfusion.experiments import evaluate, prepare, rebuild_model, run_task
+    from keras_adapterfusion import load_tokenizer
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.analysis import pruning
+    from keras_adapterfusion.training.runs import evaluate, prepare, rebuild_model, run_task
 
     model, run = rebuild_model(args.run_dir)
     task = run_task(run)

@@ -102,9 +102,12 @@ def main(argv=None):
     import numpy as np
 
     import keras_adapterfusion as kaf
-    from keras_adapterfusion import builders, heads, saving, training
+    from keras_adapterfusion import training
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.training import losses as heads
+    from keras_adapterfusion.formats import native as saving
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
-    from keras_adapterfusion.experiments import dataset, prepare
+    from keras_adapterfusion.training.runs import dataset, prepare
     from keras_adapterfusion.tasks import get_task
 
     checkpoint = args.encoder or DEFAULT_ENCODER

@@ -133,7 +133,7 @@ class TaskData:
                                                padding="buckets" if train else "longest"), labels)
 
     def head(self):
-        from keras_adapterfusion import heads
+        from keras_adapterfusion.training import losses as heads
 
         return heads.make_head(self.task.head_kind, self.task.num_labels, label_names=list(self.task.label_names))
 
@@ -184,7 +184,9 @@ def main(argv=None):
         tasks_by_name = smoke_tasks()
 
     import keras_adapterfusion as kaf
-    from keras_adapterfusion import AdapterConfig, builders, saving
+    from keras_adapterfusion import AdapterConfig
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.formats import native as saving
     from keras_adapterfusion.tasks import get_task
 
     checkpoint = resolve_encoder(args)

@@ -99,7 +99,7 @@ def main(argv=None):
     args = parse_args(argv)
     import numpy as np
 
-    from keras_adapterfusion import adapterhub
+    from keras_adapterfusion.formats import adapterhub
 
     # One call: the encoder, every adapter, the fusion over them and the head.
     model = adapterhub.load_fusion_model(args.base_model, args.adapters, args.fusion, head_dir=args.head)

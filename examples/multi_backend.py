@@ -79,7 +79,9 @@ def child(args):
     import numpy as np
 
     import keras_adapterfusion as kaf
-    from keras_adapterfusion import builders, saving, training
+    from keras_adapterfusion import training
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.formats import native as saving
 
     assert keras.backend.backend() == args.child, (keras.backend.backend(), args.child)
     keras.utils.set_random_seed(0)

@@ -126,7 +126,9 @@ def main(argv=None):
     import numpy as np
 
     import keras_adapterfusion as kaf
-    from keras_adapterfusion import builders, heads, saving
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.training import losses as heads
+    from keras_adapterfusion.formats import native as saving
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
     from keras_adapterfusion.tasks import compute_metrics
 

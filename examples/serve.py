@@ -112,7 +112,7 @@ def smoke_model(directory):
 
     import keras_adapterfusion as kaf
     from _smoke import tiny_checkpoint
-    from keras_adapterfusion import builders
+    from keras_adapterfusion.training import builders
 
     keras.utils.set_random_seed(0)
     checkpoint = tiny_checkpoint()
@@ -143,7 +143,7 @@ def main(argv=None):
     if not args.query_only:
         import keras
 
-        from keras_adapterfusion.export import export_saved_model
+        from keras_adapterfusion.serving.export import export_saved_model
 
         model = keras.saving.load_model(args.model)
         if args.tokenizer == "auto" and not getattr(model.encoder, "checkpoint", None):

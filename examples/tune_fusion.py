@@ -54,9 +54,10 @@ def main(argv=None):
         raise SystemExit("tune_fusion.py: pass --adapters with two or more saved adapter directories (or --smoke)")
 
     import keras_adapterfusion as kaf
-    from keras_adapterfusion import saving, tuning
+    from keras_adapterfusion import tuning
+    from keras_adapterfusion.formats import native as saving
     from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER
-    from keras_adapterfusion.experiments import prepare
+    from keras_adapterfusion.training.runs import prepare
 
     checkpoint = args.encoder or DEFAULT_ENCODER
     encoder = kaf.load_encoder(checkpoint)  # loaded once: every trial copies it in memory

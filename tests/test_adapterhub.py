@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 from conftest import (BACKBONES, FIXTURES, FLOAT64_EXACT, FLOAT64_SKIP, FUSION_CASE, TINY_BERT, base_shape,
                       max_abs, model_inputs)
 from parity import assert_parity, bounds_for
-from keras_adapterfusion import CheckpointError, adapterhub, load_encoder
+from keras_adapterfusion import CheckpointError, load_encoder
+from keras_adapterfusion.formats import adapterhub
 from keras_adapterfusion.layers import BottleneckAdapter
 
 VARIANTS = os.path.join(FIXTURES, "reference_variants")

@@ -111,7 +111,8 @@ def one_error_line(capsys):
 
 
 def test_error_paths_exit_2_with_one_line(runs, data_dir, tmp_path, capsys):
-    from keras_adapterfusion import load_encoder, saving
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.formats import native as saving
 
     common = SMALL + ["--data-dir", data_dir]
     assert cli.main(["train-adapter", "--task", "glue_sst9", "--output-dir", str(tmp_path / "x")] + common) == 2
@@ -144,7 +145,7 @@ def test_error_paths_exit_2_with_one_line(runs, data_dir, tmp_path, capsys):
 
 
 def test_demo_command_tiny(tmp_path, data_dir, capsys, monkeypatch):
-    from keras_adapterfusion import demo
+    from keras_adapterfusion.applications import demo
 
     # Two sources and two seeds (the quick size has three of each) show the same: the whole command, one
     # adapter per source, a mean and spread over seeds, and a heatmap column per fused adapter.
@@ -183,7 +184,7 @@ def _draw_from_global_random_state():
 
 def test_a_first_data_build_does_not_change_the_results(tmp_path, data_dir, monkeypatch):
     """The CLI (and the demo, the same way: `seed_everything` after the data) seeds after building the data."""
-    from keras_adapterfusion import experiments
+    from keras_adapterfusion.training import runs as experiments
 
     argv = ["train-adapter", "--task", "vader_tweets", "--data-dir", data_dir] + SMALL
     assert cli.main(argv + ["--output-dir", str(tmp_path / "plain")]) == 0

@@ -603,7 +603,7 @@ def test_the_library_is_quiet_from_python_and_shows_the_lines_when_asked():
 def test_seed_everything_seeds_dropout_and_turns_on_op_determinism():
     import keras
 
-    from keras_adapterfusion.experiments import seed_everything
+    from keras_adapterfusion.training.runs import seed_everything
 
     states = []
     for _ in range(2):

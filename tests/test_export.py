@@ -51,7 +51,8 @@ def tokenizer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models():
-    from keras_adapterfusion import builders, load_encoder
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.training import builders
 
     keras.utils.set_random_seed(3)
     encoder = load_encoder(TINY_BERT)
@@ -72,7 +73,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def exported(models, tokenizer_dir, tmp_path_factory):
-    from keras_adapterfusion.export import export_saved_model
+    from keras_adapterfusion.serving.export import export_saved_model
 
     export_dir = tmp_path_factory.mktemp("export")
     labels = {"fuse": ["neg", "neu", "pos"], "single": ["no", "yes"], "tags": ["w", "x", "y", "z"]}
@@ -247,7 +248,7 @@ def test_export_cli_from_keras_file(models, tokenizer_dir, tmp_path, capsys):
 
 def test_export_errors_and_atomicity(models, tmp_path, monkeypatch):
     from keras_adapterfusion import AdapterModel
-    from keras_adapterfusion.export import ExportError, export_saved_model
+    from keras_adapterfusion.serving.export import ExportError, export_saved_model
 
     unbuilt = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ExportError, match="not built"):
@@ -367,8 +368,9 @@ def test_export_takes_the_encoders_own_tokenizer(models, tmp_path):
     """With no tokenizer given, the encoder's checkpoint tokenizer goes into assets/ (and is recorded)."""
     from conftest import minilm_dir
 
-    from keras_adapterfusion import builders, load_encoder
-    from keras_adapterfusion.export import export_saved_model
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.training import builders
+    from keras_adapterfusion.serving.export import export_saved_model
 
     encoder = load_encoder(minilm_dir())
     model = builders.build_head_only_model(encoder, num_labels=2)
@@ -394,7 +396,7 @@ PAIRS = [("the movie was very good", "it is fine"), ("an awful plot", "a great s
 def test_default_export_loads_in_a_process_that_imports_only_tensorflow(models, tokenizer_dir, tmp_path):
     """No raw-text signatures by default, so no TensorFlow Text ops: `tf.saved_model.load` alone runs it
     (Triton's TensorFlow backend, TF Serving builds without TF Text, a plain Python service)."""
-    from keras_adapterfusion.export import export_saved_model
+    from keras_adapterfusion.serving.export import export_saved_model
 
     path = export_saved_model(models["single"], str(tmp_path / "export"), model_name="plain",
                               tokenizer=tokenizer_dir)
@@ -418,7 +420,7 @@ def test_pair_export_records_the_layout_and_its_raw_text_signature_takes_two_tex
     tokenizes a pair (truncated longest-first to the recorded max_length), and refuses a single text."""
     import tensorflow as tf
 
-    from keras_adapterfusion.export import export_saved_model
+    from keras_adapterfusion.serving.export import export_saved_model
 
     path = export_saved_model(models["single"], str(tmp_path), model_name="nli", tokenizer=tokenizer_dir,
                               text_signatures=True, text_pairs=True, max_length=12)
@@ -439,7 +441,7 @@ def test_pair_export_records_the_layout_and_its_raw_text_signature_takes_two_tex
 
 
 def test_text_pairs_per_task_and_all_tasks_text_only_when_they_agree(models, tokenizer_dir, tmp_path):
-    from keras_adapterfusion.export import ExportError, export_saved_model
+    from keras_adapterfusion.serving.export import ExportError, export_saved_model
 
     pair = {"fuse": models["fuse"], "single": models["single"]}
     path = export_saved_model(pair, str(tmp_path), model_name="mixed", tokenizer=tokenizer_dir,
@@ -469,7 +471,7 @@ model_config_list {
 
 
 def test_a_users_models_config_is_merged_never_overwritten(models, tokenizer_dir, tmp_path):
-    from keras_adapterfusion.export import export_saved_model, parse_models_config
+    from keras_adapterfusion.serving.export import export_saved_model, parse_models_config
 
     export_dir = tmp_path / "serve"
     export_dir.mkdir()
@@ -491,7 +493,7 @@ def test_a_users_models_config_is_merged_never_overwritten(models, tokenizer_dir
 
 
 def test_a_models_config_it_cannot_read_is_refused_before_anything_is_written(models, tokenizer_dir, tmp_path):
-    from keras_adapterfusion.export import ExportError, export_saved_model
+    from keras_adapterfusion.serving.export import ExportError, export_saved_model
 
     export_dir = tmp_path / "serve"
     export_dir.mkdir()
@@ -509,7 +511,7 @@ def test_a_models_config_it_cannot_read_is_refused_before_anything_is_written(mo
 
 def test_the_packages_own_models_config_is_rewritten_and_an_edited_one_is_the_users(models, tokenizer_dir,
                                                                                    tmp_path):
-    from keras_adapterfusion.export import export_saved_model, parse_models_config
+    from keras_adapterfusion.serving.export import export_saved_model, parse_models_config
     from keras_adapterfusion.io import own_file
 
     export_dir = tmp_path / "serve"

@@ -16,7 +16,9 @@ from keras import ops
 
 from conftest import FIXTURES, TINY_BERT, max_abs
 from parity import float32_bound
-from keras_adapterfusion import AdapterModel, adapterhub, load_encoder, saving
+from keras_adapterfusion import AdapterModel, load_encoder
+from keras_adapterfusion.formats import adapterhub
+from keras_adapterfusion.formats import native as saving
 
 FORMATS = os.path.join(FIXTURES, "formats")
 EXPECTED = dict(np.load(os.path.join(FORMATS, "expected.npz")))

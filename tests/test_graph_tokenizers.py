@@ -36,7 +36,7 @@ def graph_ids(module, texts, chunk=1024):
 def test_wordpiece_graph_equals_the_python_tokenizer_on_every_offline_text():
     from transformers import AutoTokenizer
 
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer, tokenizer_family
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer, tokenizer_family
 
     assert tokenizer_family(minilm_dir()) == "wordpiece"
     texts = corpora()
@@ -56,7 +56,7 @@ EDGE_CASES = ["Ça va? Déjà vu — naïve café!", "tabs\tand\nnewlines\r\n", 
 def test_wordpiece_graph_edge_cases():
     from transformers import AutoTokenizer
 
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
 
     python = AutoTokenizer.from_pretrained(minilm_dir())(EDGE_CASES, truncation=True, max_length=32)["input_ids"]
     graph = graph_ids(graph_tokenizer(minilm_dir(), max_length=32), EDGE_CASES)
@@ -74,7 +74,7 @@ def test_sentencepiece_graph_equals_the_python_tokenizers_up_to_ties():
     sentencepiece = pytest.importorskip("sentencepiece")
     from transformers import AutoTokenizer
 
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer, tokenizer_family
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer, tokenizer_family
 
     assert tokenizer_family(XLMR_STYLE) == "sentencepiece"
     texts = corpora()
@@ -94,7 +94,7 @@ def test_sentencepiece_graph_equals_the_python_tokenizers_up_to_ties():
 
 def test_byte_level_bpe_is_refused_with_a_reason(tmp_path):
     from keras_adapterfusion.errors import ExportError
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
 
     (tmp_path / "vocab.json").write_text('{"a": 0}')
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
@@ -124,7 +124,7 @@ def test_pair_lengths_follow_longest_first_for_every_length():
     import tensorflow as tf
     from transformers import AutoTokenizer
 
-    from keras_adapterfusion.graph_tokenizers import pair_lengths
+    from keras_adapterfusion.serving.graph_tokenizers import pair_lengths
 
     hf = AutoTokenizer.from_pretrained(minilm_dir())
     the, of = hf.convert_tokens_to_ids(["the", "of"])
@@ -146,7 +146,7 @@ def test_wordpiece_pair_graph_equals_the_python_tokenizer(max_length):
     truncates few: the same ids and token types as the Python tokenizer."""
     from transformers import AutoTokenizer
 
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
 
     texts = corpora()[:4001]
     firsts, seconds = texts[:-1], texts[1:]
@@ -163,7 +163,7 @@ def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length):
     (the ties of the test above aside) get the same ids."""
     from transformers import AutoTokenizer
 
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
 
     hf = AutoTokenizer.from_pretrained(XLMR_STYLE)
     module = graph_tokenizer(XLMR_STYLE, max_length=512)
@@ -181,7 +181,7 @@ def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length):
 
 def test_graph_tokenizer_refuses_a_max_length_without_room_for_a_pair():
     from keras_adapterfusion.errors import ExportError
-    from keras_adapterfusion.graph_tokenizers import graph_tokenizer
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
 
     with pytest.raises(ExportError, match=r"max_length 3; expected an int >= 4"):
         graph_tokenizer(minilm_dir(), max_length=3)

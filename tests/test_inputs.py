@@ -6,7 +6,8 @@ import pytest
 from keras import ops
 
 from conftest import BACKEND
-from keras_adapterfusion import AdapterModel, ClassificationHead, InputError, TransformerEncoder, builders
+from keras_adapterfusion import AdapterModel, ClassificationHead, InputError, TransformerEncoder
+from keras_adapterfusion.training import builders
 
 VOCAB, TYPES, POSITIONS = 50, 2, 12
 

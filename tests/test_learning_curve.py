@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from keras_adapterfusion import learning_curve as lc
+from keras_adapterfusion.applications import learning_curve as lc
 
 pytestmark = pytest.mark.backend_independent
 

@@ -1,4 +1,4 @@
-"""Fusion pruning and AdapterDrop (keras_adapterfusion.pruning) on the tiny encoder.
+"""Fusion pruning and AdapterDrop (keras_adapterfusion.analysis.pruning) on the tiny encoder.
 
 Pruning is model surgery (which adapters and blocks a new encoder holds, whose weights it copies);
 it has no backend-specific code, and the forward passes it relies on (fusion over any adapter
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BERT, max_abs
-from keras_adapterfusion import builders, load_encoder, pruning
+from keras_adapterfusion import load_encoder
+from keras_adapterfusion.training import builders
+from keras_adapterfusion.analysis import pruning
 
 pytestmark = pytest.mark.backend_independent
 

@@ -137,7 +137,7 @@ def test_metrics_against_hand_computed_values():
 
 
 def test_sample_indices_balanced_and_seeded():
-    from keras_adapterfusion.experiments import sample_indices
+    from keras_adapterfusion.training.runs import sample_indices
 
     labels = np.array([0] * 90 + [1] * 10)
     plain = sample_indices(labels, 20, seed=3)

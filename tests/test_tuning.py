@@ -180,7 +180,7 @@ def test_each_trial_model_runs_on_its_own_copy_of_the_encoder():
     assert snapshot(encoder).keys() == before.keys()
     # Validation predictions are made in whole batches of one shape (70 examples: 3 batches of 32, the last
     # topped up); the padding rows do not change the results.
-    from keras_adapterfusion.experiments import predict_logits
+    from keras_adapterfusion.training.runs import predict_logits
 
     encoded, _ = token_data(70, 2)
     batched, whole = predict_logits(full, encoded, 32), predict_logits(full, encoded, 128)
@@ -194,7 +194,8 @@ def test_search_continues_where_it_stopped_and_trials_are_independent(tmp_path, 
     import keras
     import keras_tuner
 
-    from keras_adapterfusion import backbones, builders
+    from keras_adapterfusion import backbones
+    from keras_adapterfusion.training import builders
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the encoder was loaded from disk during the search")
@@ -250,7 +251,8 @@ def tune_inputs(tmp_path_factory):
     """The tiny encoder with a tokenizer, three saved adapters and a small data set of one's own."""
     from test_without_tensorflow import tiny_encoder_with_tokenizer
 
-    from keras_adapterfusion import load_encoder, saving
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.formats import native as saving
 
     root = tmp_path_factory.mktemp("tune")
     encoder_dir = tiny_encoder_with_tokenizer(root / "encoder")

@@ -166,7 +166,7 @@ def test_metrics_by_kind():
 
 
 def test_a_balanced_sample_needs_classes():
-    from keras_adapterfusion.experiments import prepare
+    from keras_adapterfusion.training.runs import prepare
 
     scores = from_lists(["a", "b", "c"], [0.1, 0.5, 0.9], task_kind="regression", name="scores")
     with pytest.raises(ValueError, match="prepare.balanced: task 'scores' is regression; expected a single-label"):

@@ -188,6 +188,7 @@ def run_demo(output_dir, size="default", encoder_path=None, sources=None, target
 
 
 def results_table(results):
+    """The demo's results as a Markdown table: each set-up's mean ± std over the seeds, and each seed's score."""
     metric = next(iter(results["summary"].values()))["metric"]
     lines = [f"| setup | {metric} (mean ± std over {results['config']['seeds']} seeds) | per seed |",
              "|---|---|---|"]
@@ -198,6 +199,7 @@ def results_table(results):
 
 
 def report_markdown(results, table):
+    """The demo's report (`REPORT.md`): the set-up, `table` (`results_table`) and the verdict on fusion."""
     summary = results["summary"]
     best = max(summary, key=lambda k: summary[k]["mean"])
     fusion = summary["fusion"]

@@ -288,7 +288,7 @@ def check_output_file(flag, value):
 
 def check_run_dir(flag, value):
     """`(run.json, its Task)` of a run directory (its stage, encoder field and task checked)."""
-    from keras_adapterfusion.experiments import read_run, run_task
+    from keras_adapterfusion.training.runs import read_run, run_task
 
     if not os.path.isdir(saved_directory(value)):
         fail(f"{flag} {value!r}: no such directory; expected a run directory (train-adapter, fuse, head-only "
@@ -466,7 +466,7 @@ def check_evaluate(args):
 
 
 def check_demo(args):
-    from keras_adapterfusion.demo import SIZES
+    from keras_adapterfusion.applications.demo import SIZES
 
     _, config = check_encoder(args.encoder)
     name = "quick" if args.quick else "full" if args.full else "default"

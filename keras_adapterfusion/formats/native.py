@@ -16,6 +16,10 @@ checks the kind, the encoder signature, every config field and every tensor
 and the field when something does not fit. For AdapterHub's layout use
 `keras_adapterfusion.formats.adapterhub` instead.
 
+`save_trained_weights` and `load_trained_weights` keep a model's trainable
+weights in one safetensors file keyed by variable path (a tuning trial's best
+epoch, so Hyperband can continue it): the same weight loader checks them.
+
 Example:
 
 ```python
@@ -41,9 +45,12 @@ from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.formats.locations import adapter_locations, fusion_locations, module_variable
 from keras_adapterfusion.io import (
     WeightRow,
+    atomic_file,
+    load_weights,
     gather_weights,
     json_field,
     read_json,
+    read_safetensors,
     read_weights,
     saved_directory,
     stage_weights,
@@ -254,3 +261,49 @@ def load_head(directory, encoder, allow_nonfinite=False):
         head.build((None, None, encoder.hidden_size), (None, encoder.hidden_size))
     stage_weights(_head_rows(head), weights.tensors, weights.path, allow_nonfinite=allow_nonfinite).assign()
     return head
+
+
+def save_trained_weights(model, path):
+    """Save `model`'s trainable weights to one safetensors file keyed by variable path (atomically).
+
+    float64 weights stay float64; every other dtype is stored as float32 (exact
+    for float16 and bfloat16).
+
+    Args:
+        model: a built Keras model.
+        path: the file (replaced whole, or left as it was on failure).
+
+    Example:
+
+    ```python
+    save_trained_weights(model, "trial_0/trained.weights.safetensors")
+    ```
+    """
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for v in model.trainable_weights:
+        value = np.asarray(keras.ops.convert_to_numpy(v.value))
+        tensors[v.path] = np.ascontiguousarray(value if value.dtype == np.float64 else value.astype(np.float32))
+    with atomic_file(path) as tmp:
+        save_file(tensors, tmp)
+
+
+def load_trained_weights(model, path):
+    """Assign `model`'s trainable weights from `save_trained_weights`'s file: all of them or none.
+
+    Args:
+        model: a model of the same set-up (the same variable paths and shapes).
+        path: the file.
+
+    Raises:
+        CheckpointError: naming the file, when a weight is missing, unexpected, of another shape or not finite.
+
+    Example:
+
+    ```python
+    load_trained_weights(tuner.hypermodel.build(trial.hyperparameters), "trial_0/trained.weights.safetensors")
+    ```
+    """
+    rows = [WeightRow(v.path, tuple(v.shape), v) for v in model.trainable_weights]
+    return load_weights(rows, read_safetensors(path), os.fspath(path))

@@ -15,7 +15,7 @@ Nothing here imports TensorFlow.
 from keras_adapterfusion.io.directories import (check_destination, own_file, saved_directory, write_directory,
                                                 write_own_file)
 from keras_adapterfusion.io.files import atomic_file, json_field, read_json, write_json
-from keras_adapterfusion.io.tensors import WeightsFile, read_weights
+from keras_adapterfusion.io.tensors import WeightsFile, read_safetensors, read_weights
 from keras_adapterfusion.io.weights import WeightRow, gather_weights, load_weights, stage_weights
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "load_weights",
     "own_file",
     "read_json",
+    "read_safetensors",
     "read_weights",
     "saved_directory",
     "stage_weights",

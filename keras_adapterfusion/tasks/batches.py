@@ -1,5 +1,7 @@
 """`TokenBatches`: tokenized examples as a `keras.utils.PyDataset`, on any backend, without TensorFlow.
 
+`FullBatches` is the one-shape variant a tuning trial trains on.
+
 The same grouping as the `tf.data` path of `tasks.pipeline.make_dataset`: one
 group, or length buckets (by default at the quartiles of the lengths, each bucket
 batched on its own); a shuffle of the examples and of the batch order every epoch
@@ -98,3 +100,36 @@ class TokenBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         self.epoch += 1
         self.plan = self._plan(self.epoch)
+
+
+class FullBatches(TokenBatches):
+    """Batches that all have one shape: full (the last one topped up from the epoch's start), one length.
+
+    What a tuning trial trains on, so it compiles one training step. The
+    examples are reshuffled every epoch (`seed`, as `TokenBatches`); an epoch
+    has `ceil(n / batch_size)` batches, so every example is seen at least once
+    per epoch.
+
+    Args:
+        encoded: `tokenize`'s output.
+        labels: one label (or label row) per example.
+        batch_size: examples per batch.
+        seed: the shuffle's seed.
+
+    Example:
+
+    ```python
+    batches = FullBatches(encoded, labels, batch_size=16, seed=0)
+    {tuple(x["input_ids"].shape) for x, _ in (batches[i] for i in range(len(batches)))}  # one shape
+    ```
+    """
+
+    def __init__(self, encoded, labels, batch_size, seed):
+        super().__init__(encoded, labels, batch_size=batch_size, shuffle=True, seed=seed, padding="longest")
+
+    def _plan(self, epoch):
+        n, size = len(self.labels), self.batch_size
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        count = -(-n // size)
+        filled = np.resize(order, count * size)  # repeats the order from its start
+        return [filled[i * size:(i + 1) * size] for i in range(count)]

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_adapterfusion.analysis.attentions import collect_fusion_attentions, fusion_setup, plot_fusion_heatmap
+from keras_adapterfusion.formats.native import save_trained_weights
 from keras_adapterfusion.io.files import write_json
 from keras_adapterfusion.training.evaluation import predict_logits, task_metrics, validation_loss
 
@@ -83,3 +84,100 @@ class FusionAttentionCallback(keras.callbacks.Callback):
         plot_fusion_heatmap(mean, names, stem + ".png", title=f"AdapterFusion attention, epoch {epoch + 1}")
         write_json(stem + ".json", {"adapters": names, "mean_attention": mean.tolist()})
         self.history.append(mean)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds per epoch (training and the validation after it), in `seconds`.
+
+    Example:
+
+    ```python
+    timer = EpochTimer()
+    model.fit(train, epochs=3, callbacks=[timer])
+    timer.seconds  # [first epoch (with compilation), second, third]
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Start the epoch's clock."""
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Record the epoch's seconds."""
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class SaveBestTrained(keras.callbacks.Callback):
+    """Save the trained weights (not the frozen encoder's) at the best epoch so far.
+
+    The file is `formats.native.save_trained_weights`'s (safetensors, keyed by
+    variable path), written atomically.
+
+    Args:
+        objective: a keras-tuner `Objective` (its `name` is read from the logs, `better_than` compares).
+        path: the file.
+
+    Example:
+
+    ```python
+    model.fit(train, epochs=3, callbacks=[ValidationMetrics(task, *validation),
+                                          SaveBestTrained(keras_tuner.Objective("val_accuracy", "max"), path)])
+    ```
+    """
+
+    def __init__(self, objective, path):
+        super().__init__()
+        self.objective, self.path = objective, path
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Save the trained weights if this epoch is the best so far."""
+        value = (logs or {}).get(self.objective.name)
+        if value is None or (self.best is not None and not self.objective.better_than(value, self.best)):
+            return
+        self.best = value
+        save_trained_weights(self.model, self.path)
+
+
+class TrialHooks(keras.callbacks.Callback):
+    """Forward Keras's epoch and batch events to a keras-tuner tuner's public hooks for one trial.
+
+    `tuner.on_epoch_begin(trial, model, epoch, logs)`, `on_batch_begin`,
+    `on_batch_end` and `on_epoch_end`: what a subclass of a tuner overrides to
+    watch its trials.
+
+    Args:
+        tuner: the tuner.
+        trial: the trial being trained.
+
+    Example:
+
+    ```python
+    model.fit(train, epochs=3, callbacks=[TrialHooks(tuner, trial)])
+    ```
+    """
+
+    def __init__(self, tuner, trial):
+        super().__init__()
+        self.tuner, self.trial = tuner, trial
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Calls `tuner.on_epoch_begin(trial, model, epoch, logs)`."""
+        self.tuner.on_epoch_begin(self.trial, self.model, epoch, logs=logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        """Calls `tuner.on_batch_begin(trial, model, batch, logs)`."""
+        self.tuner.on_batch_begin(self.trial, self.model, batch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        """Calls `tuner.on_batch_end(trial, model, batch, logs)`."""
+        self.tuner.on_batch_end(self.trial, self.model, batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Calls `tuner.on_epoch_end(trial, model, epoch, logs)`."""
+        self.tuner.on_epoch_end(self.trial, self.model, epoch, logs=logs)

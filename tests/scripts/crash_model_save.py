@@ -25,7 +25,8 @@ def kill():
 def build():
     from keras import ops
 
-    from keras_adapterfusion import builders, load_encoder
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.training import builders
 
     encoder = load_encoder(TINY_BERT)
     model = builders.build_adapter_model(encoder, "a", num_labels=2)
@@ -55,7 +56,7 @@ def main():
             os.replace = lambda *args, **kwargs: kill()
         model.save(path)
     else:
-        from keras_adapterfusion import saving
+        from keras_adapterfusion.formats import native as saving
         from keras_adapterfusion.io import directories
 
         def hook(step):

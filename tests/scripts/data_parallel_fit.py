@@ -18,7 +18,8 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_adapterfusion import ClassificationHead, builders, load_encoder  # noqa: E402
+from keras_adapterfusion import ClassificationHead, load_encoder  # noqa: E402
+from keras_adapterfusion.training import builders
 
 tiny_bert = os.path.join(os.path.dirname(__file__), "..", "fixtures", "backbones", "tiny-bert")
 rng = np.random.default_rng(0)

@@ -14,7 +14,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_adapterfusion import ClassificationHead, builders, load_encoder  # noqa: E402
+from keras_adapterfusion import ClassificationHead, load_encoder  # noqa: E402
+from keras_adapterfusion.training import builders
 
 tiny_bert = os.path.join(os.path.dirname(__file__), "..", "fixtures", "backbones", "tiny-bert")
 rng = np.random.default_rng(0)

@@ -16,7 +16,8 @@ strategy = tf.distribute.MultiWorkerMirroredStrategy()  # before any other Tenso
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_adapterfusion import ClassificationHead, builders, load_encoder  # noqa: E402
+from keras_adapterfusion import ClassificationHead, load_encoder  # noqa: E402
+from keras_adapterfusion.training import builders
 
 tiny_bert = os.path.join(os.path.dirname(__file__), "..", "fixtures", "backbones", "tiny-bert")
 rng = np.random.default_rng(0)

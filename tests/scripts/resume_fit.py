@@ -14,7 +14,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_adapterfusion import ClassificationHead, builders, load_encoder, training  # noqa: E402
+from keras_adapterfusion import ClassificationHead, load_encoder, training  # noqa: E402
+from keras_adapterfusion.training import builders
 
 EPOCHS, KILL_AFTER_EPOCH = 5, 2
 
