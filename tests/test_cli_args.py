@@ -167,7 +167,7 @@ def tripwires(monkeypatch):
         monkeypatch.setattr(cli.commands, name, reached)
     monkeypatch.setattr(cli.startup, "quiet_startup", backend)
     # In-process the test's own Keras backend shows; export's backend check has its own test.
-    monkeypatch.setattr(cli.checks, "keras_backend", lambda: "tensorflow")
+    monkeypatch.setattr(cli.command_checks, "keras_backend", lambda: "tensorflow")
     return calls
 
 
@@ -477,7 +477,7 @@ def test_json_configs_are_loaded_and_checked(ws, tripwires, monkeypatch):
 
 
 def test_export_needs_the_tensorflow_backend(ws, tripwires, capsys, monkeypatch):
-    monkeypatch.setattr(cli.checks, "keras_backend", lambda: "jax")
+    monkeypatch.setattr(cli.command_checks, "keras_backend", lambda: "jax")
     assert cli.main(fill(EXPORT, ws)) == 2
     assert "export needs KERAS_BACKEND=tensorflow (it is 'jax')" in one_error_line(capsys)
 

@@ -18,10 +18,10 @@ def test_import_does_not_pull_tensorflow():
 
 
 # The modules the command line reads before TensorFlow (and Keras) load: the one import rule's exceptions.
-KERAS_FREE = ("keras_adapterfusion", "keras_adapterfusion.cli", "keras_adapterfusion.cli.checks",
+KERAS_FREE = ("keras_adapterfusion", "keras_adapterfusion.cli", "keras_adapterfusion.cli.checks", "keras_adapterfusion.cli.command_checks",
               "keras_adapterfusion.configs", "keras_adapterfusion.names", "keras_adapterfusion.errors",
               "keras_adapterfusion.tuning", "keras_adapterfusion.tuning.space",
-              "keras_adapterfusion.tuning.distribution", "keras_adapterfusion.tasks.registry",
+              "keras_adapterfusion.tuning.distribution", "keras_adapterfusion.tasks.registry", "keras_adapterfusion.training.run_files",
               "keras_adapterfusion.models", "keras_adapterfusion.training", "keras_adapterfusion.formats",
               "keras_adapterfusion.analysis", "keras_adapterfusion.applications", "keras_adapterfusion.serving")
 

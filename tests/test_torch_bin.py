@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from keras_adapterfusion.errors import CheckpointError
-from keras_adapterfusion.io import torch_bin
+from keras_adapterfusion.io import torch_bin, torch_pickle
 from keras_adapterfusion.io.torch_bin import read_torch_bin
 from torch_files import (  # noqa: F401  (the opcode builders)
     FALSE,
@@ -119,8 +119,8 @@ def test_accepts_path_like_objects():
 
 
 def test_unpickler_is_a_restricted_pickle_unpickler():
-    assert issubclass(torch_bin._Unpickler, pickle.Unpickler)
-    assert torch_bin._Unpickler.find_class is not pickle.Unpickler.find_class
+    assert issubclass(torch_pickle._Unpickler, pickle.Unpickler)
+    assert torch_pickle._Unpickler.find_class is not pickle.Unpickler.find_class
 
 
 # --------------------------------------------------------------------------- files built by hand

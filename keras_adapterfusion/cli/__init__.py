@@ -3,7 +3,8 @@
 | module | holds |
 |---|---|
 | `cli` (here) | the parser and `main` |
-| `cli.checks` | argument types and the per-command checks, run before anything heavy |
+| `cli.checks` | argument types and the value checks they share, run before anything heavy |
+| `cli.command_checks` | each command's checks (`check_training`, `check_export`, ...), run right after argparse |
 | `cli.startup` | keeping TensorFlow's start-up lines off the terminal |
 | `cli.commands` | what each command does |
 
@@ -22,7 +23,7 @@ import os
 import sys
 
 from keras_adapterfusion.backbones.checkpoint import DEFAULT_ENCODER
-from keras_adapterfusion.cli import checks, commands, startup
+from keras_adapterfusion.cli import checks, command_checks, commands, startup
 from keras_adapterfusion.cli.checks import COMMANDS, INT64_MAX, PACKAGE_ERRORS, PROG, SEED_MAX, CLIError
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 
@@ -100,7 +101,7 @@ def build_parser():
                    help=f"a preset ({', '.join(sorted(AdapterConfig.PRESETS))}; default: seq_bn, i.e. pfeiffer) "
                         "or the path of a JSON file holding an AdapterConfig dict, e.g. "
                         '{"reduction_factor": 8, "non_linearity": "swish"} (see docs/configs.md)')
-    p.set_defaults(func="cmd_train_adapter", check=checks.check_training)
+    p.set_defaults(func="cmd_train_adapter", check=command_checks.check_training)
 
     p = sub.add_parser("fuse", help="stage 2: train AdapterFusion over trained adapters on a target task")
     common(p, 5)
@@ -110,7 +111,7 @@ def build_parser():
                    help=f"a preset ({', '.join(sorted(FusionConfig.PRESETS))}; default: dynamic) or the path of a "
                         'JSON file holding a FusionConfig dict, e.g. {"regularization_weight": 0.02} '
                         "(see docs/configs.md)")
-    p.set_defaults(func="cmd_fuse", check=checks.check_training)
+    p.set_defaults(func="cmd_fuse", check=command_checks.check_training)
 
     p = sub.add_parser("tune", help="search fusion set-ups (keras-tuner) over trained adapters on a target task",
                        description="Search fusion set-ups over trained adapters with keras-tuner: learning rate, "
@@ -159,15 +160,15 @@ def build_parser():
                    help="start over: delete an earlier search in --output-dir (never files this package did not "
                         "write)")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
-    p.set_defaults(func="cmd_tune", check=checks.check_tune)
+    p.set_defaults(func="cmd_tune", check=command_checks.check_tune)
 
     p = sub.add_parser("finetune", help="baseline: fine-tune the whole encoder and a head")
     common(p, 3)
-    p.set_defaults(func="cmd_finetune", check=checks.check_training)
+    p.set_defaults(func="cmd_finetune", check=command_checks.check_training)
 
     p = sub.add_parser("head-only", help="baseline: train a head on the frozen encoder")
     common(p, 3)
-    p.set_defaults(func="cmd_head_only", check=checks.check_training)
+    p.set_defaults(func="cmd_head_only", check=command_checks.check_training)
 
     p = sub.add_parser("evaluate", help="evaluate a run directory on a task split or on your own file")
     p.add_argument("--run-dir", required=True, help="a run directory (it holds run.json)")
@@ -177,7 +178,7 @@ def build_parser():
     p.add_argument("--eval-examples", type=positive, default=None, help="evaluate on the first N examples")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
     p.add_argument("--output", default=None, help="metrics file (default: in the run directory)")
-    p.set_defaults(func="cmd_evaluate", check=checks.check_evaluate)
+    p.set_defaults(func="cmd_evaluate", check=command_checks.check_evaluate)
 
     p = sub.add_parser("demo", help="the end-to-end demo on the offline encoder and tasks")
     p.add_argument("--output-dir", default="demo_output",
@@ -190,7 +191,7 @@ def build_parser():
     p.add_argument("--target-examples", type=positive, default=None,
                    help="target training examples per seed (default: the size's)")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
-    p.set_defaults(func="cmd_demo", check=checks.check_demo)
+    p.set_defaults(func="cmd_demo", check=command_checks.check_demo)
 
     p = sub.add_parser("export", help="export a run or a .keras model as a TF Serving SavedModel")
     p.add_argument("--model", default=None, help="a .keras file saved from a builder's model")
@@ -217,7 +218,7 @@ def build_parser():
                    help="with --model: the model takes sentence pairs (a --run-dir records its own layout)")
     p.add_argument("--no-models-config", action="store_true",
                    help="do not write models.config / models.docker.config beside the model directories")
-    p.set_defaults(func="cmd_export", check=checks.check_export)
+    p.set_defaults(func="cmd_export", check=command_checks.check_export)
 
     p = sub.add_parser("predict", help="label text with an exported model, in this process or on TF Serving")
     p.add_argument("--export", required=True, help="the exported version directory (model, tokenizer and labels)")
@@ -238,7 +239,7 @@ def build_parser():
     p.add_argument("--format", choices=["text", "jsonl"], default="text",
                    help="text: 'label<TAB>probability<TAB>text' per line; jsonl: one JSON object per text with "
                         "every label's probability")
-    p.set_defaults(func="cmd_predict", check=checks.check_predict)
+    p.set_defaults(func="cmd_predict", check=command_checks.check_predict)
     return parser
 
 

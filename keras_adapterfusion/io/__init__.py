@@ -3,7 +3,7 @@
 - `weights`: the one weight loader (check every tensor, then assign all or none);
   each format supplies only its key table of `WeightRow`s.
 - `tensors`: reading weights files (safetensors, PyTorch `.bin` without PyTorch).
-- `torch_bin`: the restricted reader of PyTorch's pickled `.bin` files.
+- `torch_bin`: PyTorch's `.bin` files (zip and legacy layouts); `torch_pickle`, their restricted unpickler.
 - `directories`: the one directory writer (atomic, crash-safe, refuses to replace
   what the package did not write), `write_own_file` for single files beside a
   user's (the same rule), and `saved_directory` for loaders.

@@ -41,7 +41,14 @@ ids = tok(tf.constant(["What a film!"]))                      # input_ids, atten
 import json
 import os
 
+import tensorflow as tf
+
 from keras_adapterfusion.errors import ExportError
+
+try:
+    import tensorflow_text as text
+except ImportError:  # the `serving` extra is not installed: `graph_tokenizer` says so
+    text = None
 
 _PUNCTUATION = r"[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}"
 _CJK = "|".join(r"[\x{%X}-\x{%X}]" % pair for pair in (
@@ -114,19 +121,17 @@ def graph_tokenizer(tokenizer_dir, max_length=128, special_ids=None):
         ExportError: the tokenizer is byte-level BPE or unknown, or `tensorflow-text`
             is not installed.
     """
-    try:
-        import tensorflow_text  # noqa: F401
-    except ImportError as e:
+    if text is None:
         raise ExportError("export: a raw-text signature needs tensorflow-text (pip install "
-                          "keras-adapterfusion[serving]).") from e
+                          "keras-adapterfusion[serving]).")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
         raise ExportError(f"export: max_length {max_length!r}; expected an int >= 4 (room for a pair's special "
                           "tokens and one token of text).")
     family = tokenizer_family(tokenizer_dir)
     if family == "wordpiece":
-        return _WordPieceModule(_wordpiece_settings(tokenizer_dir), max_length, special_ids)
+        return WordPieceModule(_wordpiece_settings(tokenizer_dir), max_length, special_ids)
     if family == "sentencepiece":
-        return _SentencePieceModule(os.path.join(tokenizer_dir, "sentencepiece.bpe.model"), max_length)
+        return SentencePieceModule(os.path.join(tokenizer_dir, "sentencepiece.bpe.model"), max_length)
     raise ExportError(f"export: {tokenizer_dir}: a {family or 'unknown'} tokenizer has no reliable in-graph "
                       "counterpart; export without the raw-text signature (token ids only).")
 
@@ -145,8 +150,6 @@ def pair_lengths(first, second, budget):
             return first, second
         short = min(first, second, half)
         return (short, budget - short) if first <= second else (budget - short, short)
-    import tensorflow as tf
-
     short = tf.minimum(tf.minimum(first, second), half)
     first_short = first <= second
     keep_first = tf.where(first_short, short, budget - short)
@@ -198,78 +201,67 @@ def _finish_pair(tf, a, b, specials, pad, max_length, second_type):
     return _pad(tf, ids, types, pad)
 
 
-def _make_modules():
-    import tensorflow as tf
-    import tensorflow_text as text
+class WordPieceModule(tf.Module):
+    """BERT-style WordPiece in the graph (`graph_tokenizer` makes it; see the module docstring)."""
 
-    class WordPiece(tf.Module):
-        def __init__(self, settings, max_length, special_ids):
-            super().__init__(name="wordpiece_tokenizer")
-            tokens = settings["tokens"]
-            index = {t: i for i, t in enumerate(tokens)}
-            special = special_ids or {"cls": index["[CLS]"], "sep": index["[SEP]"], "pad": index.get("[PAD]", 0)}
-            self.settings = {k: v for k, v in settings.items() if k != "tokens"}
-            self.special = special
-            self.max_length = int(max_length)
-            init = tf.lookup.KeyValueTensorInitializer(tf.constant(tokens), tf.range(len(tokens), dtype=tf.int64))
-            self.table = tf.lookup.StaticHashTable(init, default_value=-1)
-            self.wordpiece = text.WordpieceTokenizer(self.table, suffix_indicator=settings["prefix"],
-                                                     max_bytes_per_word=settings["max_word"],
-                                                     unknown_token=settings["unk"], token_out_type=tf.int64)
+    def __init__(self, settings, max_length, special_ids):
+        super().__init__(name="wordpiece_tokenizer")
+        tokens = settings["tokens"]
+        index = {t: i for i, t in enumerate(tokens)}
+        special = special_ids or {"cls": index["[CLS]"], "sep": index["[SEP]"], "pad": index.get("[PAD]", 0)}
+        self.settings = {k: v for k, v in settings.items() if k != "tokens"}
+        self.special = special
+        self.max_length = int(max_length)
+        init = tf.lookup.KeyValueTensorInitializer(tf.constant(tokens), tf.range(len(tokens), dtype=tf.int64))
+        self.table = tf.lookup.StaticHashTable(init, default_value=-1)
+        self.wordpiece = text.WordpieceTokenizer(self.table, suffix_indicator=settings["prefix"],
+                                                 max_bytes_per_word=settings["max_word"],
+                                                 unknown_token=settings["unk"], token_out_type=tf.int64)
 
-        def _pieces(self, texts):
-            x = tf.strings.regex_replace(texts, r"[\t\n\r]", " ")
-            x = tf.strings.regex_replace(x, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}\p{Co}\p{Cs}]", "")
-            if self.settings["lowercase"]:
-                x = tf.strings.lower(x, encoding="utf-8")
-            if self.settings["strip_accents"]:
-                x = text.normalize_utf8(x, "NFD")
-                x = tf.strings.regex_replace(x, r"\p{Mn}", "")
-            words = text.regex_split(x, _SPLIT, _KEEP)
-            return self.wordpiece.tokenize(words).merge_dims(-2, -1)
+    def _pieces(self, texts):
+        x = tf.strings.regex_replace(texts, r"[\t\n\r]", " ")
+        x = tf.strings.regex_replace(x, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}\p{Co}\p{Cs}]", "")
+        if self.settings["lowercase"]:
+            x = tf.strings.lower(x, encoding="utf-8")
+        if self.settings["strip_accents"]:
+            x = text.normalize_utf8(x, "NFD")
+            x = tf.strings.regex_replace(x, r"\p{Mn}", "")
+        words = text.regex_split(x, _SPLIT, _KEEP)
+        return self.wordpiece.tokenize(words).merge_dims(-2, -1)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def __call__(self, texts):
-            return _finish(tf, self._pieces(texts), self.special["cls"], self.special["sep"], self.special["pad"],
-                           self.max_length)
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, texts):
+        return _finish(tf, self._pieces(texts), self.special["cls"], self.special["sep"], self.special["pad"],
+                       self.max_length)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
-        def pair(self, texts, text_pairs):
-            """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as the Python tokenizer gives a pair."""
-            cls, sep = self.special["cls"], self.special["sep"]
-            return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((cls,), (sep,), (sep,)),
-                                self.special["pad"], self.max_length, 1)
-
-    class SentencePiece(tf.Module):
-        """XLM-R: SentencePiece ids shifted by fairseq's offset (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3)."""
-
-        def __init__(self, model_path, max_length):
-            super().__init__(name="sentencepiece_tokenizer")
-            with open(model_path, "rb") as f:
-                self.sentencepiece = text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
-            self.max_length = int(max_length)
-
-        def _pieces(self, texts):
-            ids = tf.cast(self.sentencepiece.tokenize(texts), tf.int64)
-            return tf.ragged.map_flat_values(lambda v: tf.where(tf.equal(v, 0), tf.constant(3, tf.int64), v + 1),
-                                             ids)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def __call__(self, texts):
-            return _finish(tf, self._pieces(texts), 0, 2, 1, self.max_length)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
-        def pair(self, texts, text_pairs):
-            """`<s> text </s></s> pair </s>`, token types all 0, as XLM-R's Python tokenizer gives a pair."""
-            return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((0,), (2, 2), (2,)), 1,
-                                self.max_length, 0)
-
-    return WordPiece, SentencePiece
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+    def pair(self, texts, text_pairs):
+        """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as the Python tokenizer gives a pair."""
+        cls, sep = self.special["cls"], self.special["sep"]
+        return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((cls,), (sep,), (sep,)),
+                            self.special["pad"], self.max_length, 1)
 
 
-def _WordPieceModule(settings, max_length, special_ids):
-    return _make_modules()[0](settings, max_length, special_ids)
+class SentencePieceModule(tf.Module):
+    """XLM-R: SentencePiece ids shifted by fairseq's offset (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3)."""
 
+    def __init__(self, model_path, max_length):
+        super().__init__(name="sentencepiece_tokenizer")
+        with open(model_path, "rb") as f:
+            self.sentencepiece = text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
+        self.max_length = int(max_length)
 
-def _SentencePieceModule(model_path, max_length):
-    return _make_modules()[1](model_path, max_length)
+    def _pieces(self, texts):
+        ids = tf.cast(self.sentencepiece.tokenize(texts), tf.int64)
+        return tf.ragged.map_flat_values(lambda v: tf.where(tf.equal(v, 0), tf.constant(3, tf.int64), v + 1),
+                                         ids)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, texts):
+        return _finish(tf, self._pieces(texts), 0, 2, 1, self.max_length)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+    def pair(self, texts, text_pairs):
+        """`<s> text </s></s> pair </s>`, token types all 0, as XLM-R's Python tokenizer gives a pair."""
+        return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((0,), (2, 2), (2,)), 1,
+                            self.max_length, 0)

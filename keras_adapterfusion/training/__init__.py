@@ -7,7 +7,8 @@
 - `losses`: a head's loss and metrics (`make_head`, `compile_arguments`, the masked
   token losses).
 - `callbacks`: every Keras callback of the package.
-- `runs`: running one stage on a task (`prepare`, `fit`, `evaluate`, `rebuild_model`).
+- `runs`: running one stage on a task (`prepare`, `fit`, `evaluate`, `rebuild_model`); `run_files`: a run
+  directory's `run.json` (`read_run`, `run_task`; no Keras, the command line reads it first).
 
 `keras_adapterfusion.training.make_optimizer` and the other names of `optimizers`
 load on first use (the names of the module this package replaced), so importing

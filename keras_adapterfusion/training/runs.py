@@ -20,14 +20,11 @@ import sys
 
 import numpy as np
 
-from keras_adapterfusion.errors import CheckpointError
-from keras_adapterfusion.io import json_field, read_json, saved_directory
+from keras_adapterfusion.io import json_field, saved_directory
 from keras_adapterfusion.names import check_name
 from keras_adapterfusion.training.callbacks import ValidationMetrics
+from keras_adapterfusion.training.run_files import STAGE_TO_OPTIMIZER, read_run, run_task  # noqa: F401  (runs' names)
 from keras_adapterfusion.training.evaluation import evaluate, predict_logits  # noqa: F401  (runs' names)
-
-STAGE_TO_OPTIMIZER = {"head_only": "head_only", "finetune": "full_finetune", "adapter": "adapter",
-                      "fusion": "fusion"}
 
 
 def progress_verbosity():
@@ -183,27 +180,6 @@ def _batches_per_epoch(train):
         steps = int(train.cardinality())
         return steps if steps > 0 else sum(1 for _ in train)  # unknown size: count once
     return len(train)
-
-
-def run_task(run):
-    """The `Task` a run directory's `run.json` names: a registry name, or how the user's data was read."""
-    from keras_adapterfusion.tasks import get_task, task_from_config
-
-    task = run.get("task")
-    return task_from_config(task) if isinstance(task, dict) else get_task(task)
-
-
-def read_run(run_dir):
-    """The `run.json` of a run directory (a killed save's complete copy if need be)."""
-    directory = saved_directory(run_dir)
-    path = os.path.join(directory, "run.json")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{run_dir}: not a run directory (no run.json).")
-    run = read_json(path, "description of a run")
-    json_field(run, "stage", path, str, check=lambda v: v in STAGE_TO_OPTIMIZER,
-               expected=f"one of {list(STAGE_TO_OPTIMIZER)}")
-    json_field(run, "encoder", path, str)
-    return run
 
 
 def rebuild_model(run_dir, encoder=None):
