@@ -31,8 +31,9 @@ SCENARIOS = ("train_full", "train_adapter", "train_fusion", "infer_base", "infer
 
 
 def build(model_name, scenario, n_adapters, reference_form):
-    from keras_adapterfusion import TransformerEncoder
-    from keras_adapterfusion.training import builders
+    # The top-level names (not `keras_adapterfusion.training.builders`), so that `compare.py --before` can time a
+    # checkout from before the folders with this script.
+    from keras_adapterfusion import TransformerEncoder, builders
 
     encoder = TransformerEncoder(vocab_size=30522, max_positions=512, fusion_reference_form=reference_form,
                                  **CONFIGS[model_name])
