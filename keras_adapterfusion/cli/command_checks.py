@@ -40,7 +40,8 @@ from keras_adapterfusion.errors import CheckpointError, InvalidNameError, Servin
 from keras_adapterfusion.io.files import read_json
 
 
-def check_training(args):
+def _target_task(args):
+    """The task of a training or tune command: `--task` or `--train-file`, exactly one (as `args.task_obj`)."""
     from keras_adapterfusion.tasks.registry import get_task
 
     if (args.task is None) == (args.train_file is None):
@@ -48,6 +49,11 @@ def check_training(args):
              + ("both" if args.task is not None else "neither"))
     args.task_obj = user_task(args) or get_task(args.task)
     task = args.task_obj
+    return task
+
+
+def check_training(args):
+    task = _target_task(args)
     args.encoder_dir, config = check_encoder(args.encoder)
     args.max_length = check_max_length("--max-length", args.max_length, config, task.layout, args.encoder)
     check_output_dir(args)
@@ -295,13 +301,8 @@ def check_tune_dir(args, settings):
 
 def check_tune(args):
     from keras_adapterfusion import tuning
-    from keras_adapterfusion.tasks.registry import get_task
 
-    if (args.task is None) == (args.train_file is None):
-        fail("pass --task (a registry task) or --train-file (your own data: CSV, TSV, JSON Lines), not "
-             + ("both" if args.task is not None else "neither"))
-    args.task_obj = user_task(args) or get_task(args.task)
-    task = args.task_obj
+    task = _target_task(args)
     if not task.has_split("validation"):
         fail(f"task {task.name!r} has no validation split; tune measures its objective there"
              + (" (pass --validation-file)" if task.data is not None else ""))
