@@ -59,11 +59,11 @@ def float64():
 
 
 def base_shape(directory):
-    """(num_hidden_layers, hidden_size) of the Hugging Face checkpoint in `directory`."""
-    import json
+    """(num_hidden_layers, hidden_size) of the Hugging Face checkpoint in `directory` (read as the package
+    reads it, so DistilBERT's `n_layers` and `dim` count too)."""
+    from keras_adapterfusion.backbones.checkpoint import read_hf_config
 
-    with open(os.path.join(directory, "config.json")) as f:
-        config = json.load(f)
+    config = read_hf_config(directory)
     return config["num_hidden_layers"], config["hidden_size"]
 
 

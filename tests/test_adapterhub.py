@@ -251,14 +251,16 @@ def _file_tensors(directory):
     raise AssertionError(f"no safetensors in {directory}")
 
 
-@pytest.mark.parametrize("case", ["tiny_seqbn_dynamic", "custom_fields_dynamic", "houlsby_static"])
+@pytest.mark.parametrize("case", ["tiny_seqbn_dynamic", "custom_fields_dynamic", "houlsby_static",
+                                  "distilbert_seqbn_dynamic", "distilbert_houlsby_static", "electra_houlsby_dynamic"])
 def test_export_round_trip_matches_adapterhub_files(case, tmp_path):
     if case == "tiny_seqbn_dynamic":
-        directory, names = FUSION_CASE, CASE_NAMES
+        directory, names, base = FUSION_CASE, CASE_NAMES, TINY_BERT
     else:
         directory = os.path.join(VARIANTS, case)
         names = list(json.load(open(os.path.join(directory, "case.json")))["adapters"])
-    model = load_case(directory=directory, names=names)
+        base = os.path.join(BACKBONES, json.load(open(os.path.join(directory, "case.json")))["base"])
+    model = load_case(directory=directory, names=names, base=base)
     encoder = model.encoder
     for n in names:
         adapterhub.save_adapter(encoder, n, tmp_path / n)
@@ -277,7 +279,7 @@ def test_export_round_trip_matches_adapterhub_files(case, tmp_path):
         if part != "head":
             assert our_meta["config"] == their_meta["config"], part
     ref = np.load(os.path.join(directory, "reference.npz"))
-    reloaded = load_case(directory=str(tmp_path), names=names)
+    reloaded = load_case(directory=str(tmp_path), names=names, base=base)
     assert max_abs(reloaded(model_inputs(ref))["logits"], model(model_inputs(ref))["logits"]) == 0.0
 
 

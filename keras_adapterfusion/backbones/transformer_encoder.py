@@ -12,7 +12,7 @@ from keras_adapterfusion.names import check_name
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
 class TransformerEncoder(keras.layers.Layer):
-    """A BERT / RoBERTa / XLM-R encoder whose blocks carry adapters and fusion.
+    """A BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA) whose blocks carry adapters and fusion.
 
     Usually built from a Hugging Face checkpoint with
     `keras_adapterfusion.backbones.load_encoder`. Adapters and fusions are added
@@ -29,11 +29,15 @@ class TransformerEncoder(keras.layers.Layer):
         hidden_dropout: dropout of embeddings and block outputs.
         attention_dropout: dropout of attention probabilities.
         max_positions: rows of the position table.
-        type_vocab_size: rows of the token-type table.
+        type_vocab_size: rows of the token-type table; 0 for none (DistilBERT).
         layer_norm_epsilon: LayerNorm epsilon.
         pad_token_id: padding id (RoBERTa positions depend on it).
         position_style: `"absolute"` (BERT) or `"roberta"`.
         use_pooler: add the `tanh` pooler over the first token.
+        embedding_size: width of the embedding tables when it differs from
+            `hidden_size` (ELECTRA); a Dense layer projects them to `hidden_size`.
+        attention_output_dropout: apply `hidden_dropout` after the attention
+            output projection (BERT); DistilBERT does not (`False`).
         model_type: Hugging Face `model_type` this encoder mirrors.
         adapters: dict name -> `AdapterConfig` dict, added at construction.
         fusions: dict fusion key -> `{"adapters": [...], "config": {...}, "name": ...}`.
@@ -93,6 +97,8 @@ class TransformerEncoder(keras.layers.Layer):
         pad_token_id=0,
         position_style="absolute",
         use_pooler=True,
+        embedding_size=None,
+        attention_output_dropout=True,
         model_type="bert",
         adapters=None,
         fusions=None,
@@ -115,12 +121,14 @@ class TransformerEncoder(keras.layers.Layer):
         self.pad_token_id = pad_token_id
         self.position_style = position_style
         self.use_pooler = use_pooler
+        self.embedding_size = None if embedding_size in (None, hidden_size) else embedding_size
+        self.attention_output_dropout = attention_output_dropout
         self.model_type = model_type
         self.fusion_reference_form = fusion_reference_form
         self.checkpoint = checkpoint
         self.embeddings = TextEmbeddings(
             vocab_size=vocab_size,
-            hidden_size=hidden_size,
+            hidden_size=self.embedding_size or hidden_size,
             max_positions=max_positions,
             type_vocab_size=type_vocab_size,
             pad_token_id=pad_token_id,
@@ -130,6 +138,14 @@ class TransformerEncoder(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="embeddings",
         )
+        self.embedding_projection = None
+        if self.embedding_size:
+            self.embedding_projection = keras.layers.Dense(
+                hidden_size,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                dtype=self.dtype_policy,
+                name="embedding_projection",
+            )
         self.blocks = [
             TransformerBlock(
                 hidden_size=hidden_size,
@@ -139,6 +155,7 @@ class TransformerEncoder(keras.layers.Layer):
                 hidden_dropout=hidden_dropout,
                 attention_dropout=attention_dropout,
                 layer_norm_epsilon=layer_norm_epsilon,
+                attention_output_dropout=attention_output_dropout,
                 block_index=i,
                 fusion_reference_form=fusion_reference_form,
                 dtype=self.dtype_policy,
@@ -164,10 +181,16 @@ class TransformerEncoder(keras.layers.Layer):
     def build(self, input_shape=None):
         shape = (None, None, self.hidden_size)
         self.embeddings.build((None, None))
+        if self.embedding_projection is not None:
+            self.embedding_projection.build((None, None, self.embedding_size))
         for block in self.blocks:
             block.build(shape)
         if self.use_pooler:
             self.pooler.build((None, self.hidden_size))
+
+    def input_layers(self):
+        """The pretrained layers before the first block: the embeddings, and ELECTRA's projection."""
+        return [self.embeddings] + ([self.embedding_projection] if self.embedding_projection is not None else [])
 
     # ------------------------------------------------------------- adapters
     def add_adapter(self, name, config="seq_bn"):
@@ -295,6 +318,8 @@ class TransformerEncoder(keras.layers.Layer):
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         x = self.embeddings(input_ids, inputs.get("token_type_ids"), training=training)
+        if self.embedding_projection is not None:
+            x = self.embedding_projection(x)
         hidden = [x]
         mh_probs, out_probs = [], []
         for block in self.blocks:
@@ -336,6 +361,8 @@ class TransformerEncoder(keras.layers.Layer):
             pad_token_id=self.pad_token_id,
             position_style=self.position_style,
             use_pooler=self.use_pooler,
+            embedding_size=self.embedding_size,
+            attention_output_dropout=self.attention_output_dropout,
             model_type=self.model_type,
             adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
             fusions={

@@ -15,6 +15,7 @@ import math
 import os
 
 from keras_adapterfusion.backbones.checkpoint import (
+    ROBERTA_TYPES,
     TOKENIZER_FILE_SETS,
     has_tokenizer,
     max_tokens,
@@ -216,7 +217,7 @@ def special_tokens(config, layout):
     """How many special tokens the tokenizer adds to one sequence of a task of `layout`."""
     if layout == "single":
         return 2  # [CLS] x [SEP], <s> x </s>
-    return 3 if config["model_type"] == "bert" else 4  # [CLS] a [SEP] b [SEP], <s> a </s></s> b </s>
+    return 4 if config["model_type"] in ROBERTA_TYPES else 3  # <s> a </s></s> b </s>, [CLS] a [SEP] b [SEP]
 
 
 LAYOUT_WORDS = {"single": "single-text", "pair": "text-pair", "multiple_choice": "multiple-choice"}

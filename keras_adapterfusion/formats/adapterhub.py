@@ -58,8 +58,6 @@ from keras_adapterfusion.models.adapter_model import AdapterModel
 from keras_adapterfusion.names import check_name
 
 ADAPTERHUB_VERSION = "adapters.1.3.0"
-MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel", "xlm-roberta": "XLMRobertaAdapterModel"}
-SLOT_PATH = {"mh": "attention.output", "output": "output"}
 
 # BnConfig fields that this package does not implement, with the values that
 # leave the computation unchanged.
@@ -192,8 +190,8 @@ def _strip_prefix(tensors, model_type):
 
 
 # ------------------------------------------------------------ key tables
-def _slot_prefix(block, slot):
-    return f"encoder.layer.{block}.{SLOT_PATH[slot]}."
+def _slot_prefix(encoder, block, slot):
+    return CONVERTERS[encoder.model_type].adapter_slots[slot].format(i=block)
 
 
 def _target(encoder, loc, kind, key):
@@ -203,7 +201,7 @@ def _target(encoder, loc, kind, key):
 def adapter_rows(encoder, name, config, stored_name=None):
     """`WeightRow`s of adapter `name` (keys as AdapterHub writes them for `stored_name`, without prefix)."""
     stored_name = stored_name or name
-    return [WeightRow(_slot_prefix(loc.block, loc.slot) + f"adapters.{stored_name}." + loc.hub, loc.shape,
+    return [WeightRow(_slot_prefix(encoder, loc.block, loc.slot) + f"adapters.{stored_name}." + loc.hub, loc.shape,
                       _target(encoder, loc, "adapter", name), loc.transform)
             for loc in adapter_locations(encoder, config)]
 
@@ -222,7 +220,8 @@ def fusion_rows(encoder, adapter_names, config, key=None):
     """`WeightRow`s of the fusion `key` over `adapter_names` (AdapterHub keys, without prefix)."""
     key = key or fusion_key(adapter_names)
     hub_key = ",".join(adapter_names)
-    return [WeightRow(_slot_prefix(loc.block, loc.slot) + f"adapter_fusion_layer.{hub_key}." + loc.hub, loc.shape,
+    return [WeightRow(_slot_prefix(encoder, loc.block, loc.slot) + f"adapter_fusion_layer.{hub_key}." + loc.hub,
+                      loc.shape,
                       _target(encoder, loc, "fusion", key), loc.transform)
             for loc in fusion_locations(encoder, list(adapter_names), config)]
 
@@ -444,7 +443,7 @@ def _meta(encoder, name, config, model_name):
     return {
         "config": config,
         "hidden_size": encoder.hidden_size,
-        "model_class": MODEL_CLASS.get(encoder.model_type, "BertAdapterModel"),
+        "model_class": CONVERTERS[encoder.model_type].model_class,
         "model_name": model_name or os.path.basename(getattr(encoder, "checkpoint", "") or "") or None,
         "model_type": encoder.model_type,
         "name": name,

@@ -1,4 +1,4 @@
-"""BERT/RoBERTa input embeddings: word + position + token type, LayerNorm, dropout."""
+"""BERT/RoBERTa input embeddings: word + position (+ token type), LayerNorm, dropout."""
 
 import keras
 from keras import ops
@@ -10,15 +10,19 @@ POSITION_STYLES = ("absolute", "roberta")
 class TextEmbeddings(keras.layers.Layer):
     """Word, position and token-type embeddings followed by LayerNorm and dropout.
 
+    With `type_vocab_size=0` there is no token-type table (DistilBERT) and
+    `token_type_ids` are ignored.
+
     With `position_style="roberta"` positions count only non-padding tokens and
     start at `pad_token_id + 1`, as in Hugging Face's RoBERTa and XLM-R;
     padding tokens get position `pad_token_id`.
 
     Args:
         vocab_size: word vocabulary size.
-        hidden_size: embedding width.
+        hidden_size: embedding width (ELECTRA's `embedding_size` where it differs
+            from the encoder's width; the encoder projects it).
         max_positions: rows of the position table.
-        type_vocab_size: rows of the token-type table.
+        type_vocab_size: rows of the token-type table; 0 for none.
         pad_token_id: id of the padding token.
         position_style: `"absolute"` (BERT) or `"roberta"`.
         layer_norm_epsilon: LayerNorm epsilon.
@@ -78,11 +82,15 @@ class TextEmbeddings(keras.layers.Layer):
             self.max_positions, self.hidden_size, embeddings_initializer=init,
             dtype=self.dtype_policy, name="position_embeddings",
         )
-        self.token_type_embeddings = keras.layers.Embedding(
-            self.type_vocab_size, self.hidden_size, embeddings_initializer=init,
-            dtype=self.dtype_policy, name="token_type_embeddings",
-        )
-        for layer in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):
+        tables = [self.word_embeddings, self.position_embeddings]
+        self.token_type_embeddings = None
+        if self.type_vocab_size:
+            self.token_type_embeddings = keras.layers.Embedding(
+                self.type_vocab_size, self.hidden_size, embeddings_initializer=init,
+                dtype=self.dtype_policy, name="token_type_embeddings",
+            )
+            tables.append(self.token_type_embeddings)
+        for layer in tables:
             layer.build((None, None))
         self.norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
@@ -100,11 +108,12 @@ class TextEmbeddings(keras.layers.Layer):
 
     def call(self, input_ids, token_type_ids=None, training=None):
         input_ids = ops.cast(input_ids, "int32")
-        if token_type_ids is None:
-            token_type_ids = ops.zeros_like(input_ids)
         x = self.word_embeddings(input_ids)
         x = x + self.position_embeddings(self.position_ids(input_ids))
-        x = x + self.token_type_embeddings(ops.cast(token_type_ids, "int32"))
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = ops.zeros_like(input_ids)
+            x = x + self.token_type_embeddings(ops.cast(token_type_ids, "int32"))
         x = self.norm(x)
         return self.dropout_layer(x, training=training)
 

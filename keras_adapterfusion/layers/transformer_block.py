@@ -1,4 +1,4 @@
-"""A post-LayerNorm transformer block (BERT, RoBERTa, XLM-R) with adapter slots."""
+"""A post-LayerNorm transformer block (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA) with adapter slots."""
 
 import keras
 from keras import ops
@@ -40,6 +40,9 @@ class TransformerBlock(keras.layers.Layer):
         attention_dropout: dropout on attention probabilities; also the fusion
             dropout when a fusion config leaves `dropout_prob` unset.
         layer_norm_epsilon: epsilon of the block's LayerNorms.
+        attention_output_dropout: apply `hidden_dropout` after the attention
+            output projection too (BERT); DistilBERT applies it only after the
+            feed-forward (`False`).
         block_index: index of this block in the encoder (for `leave_out` and
             per-block reduction factors).
         adapters: dict adapter name -> `AdapterConfig` dict (for `from_config`).
@@ -84,6 +87,7 @@ class TransformerBlock(keras.layers.Layer):
         hidden_dropout=0.1,
         attention_dropout=0.1,
         layer_norm_epsilon=1e-12,
+        attention_output_dropout=True,
         block_index=0,
         adapters=None,
         fusions=None,
@@ -105,6 +109,7 @@ class TransformerBlock(keras.layers.Layer):
         self.hidden_dropout = hidden_dropout
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.attention_output_dropout = attention_output_dropout
         self.block_index = block_index
         self.fusion_reference_form = fusion_reference_form
         self.adapter_configs = {}
@@ -334,10 +339,9 @@ class TransformerBlock(keras.layers.Layer):
         if setup is not None and setup.kind == "per_row" and adapter_index is None:
             raise ValueError("TransformerBlock: a per-row adapter setup needs adapter_index ([batch] ints).")
         x = hidden_states
-        h = self.hidden_dropout_layer(
-            self._linear(self.attention_output_dense, self._attention(x, attention_mask, training)),
-            training=training,
-        )
+        h = self._linear(self.attention_output_dense, self._attention(x, attention_mask, training))
+        if self.attention_output_dropout:
+            h = self.hidden_dropout_layer(h, training=training)
         x1, mh_probs = self.slots["mh"].forward(h, x, self.attention_norm, setup, adapter_index, training)
         inter = self._act(self._linear(self.intermediate_dense, x1))
         h2 = self.hidden_dropout_layer(self._linear(self.output_dense, inter), training=training)
@@ -359,6 +363,7 @@ class TransformerBlock(keras.layers.Layer):
             hidden_dropout=self.hidden_dropout,
             attention_dropout=self.attention_dropout,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            attention_output_dropout=self.attention_output_dropout,
             block_index=self.block_index,
             adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
             fusions={

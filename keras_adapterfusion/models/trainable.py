@@ -77,7 +77,8 @@ def apply_trainable_spec(encoder, heads, spec):
     for block in encoder.blocks:
         block.trainable = True
     base = spec["encoder"]
-    encoder.embeddings.trainable = base
+    for layer in encoder.input_layers():
+        layer.trainable = base
     if encoder.use_pooler:
         encoder.pooler.trainable = base and spec["pooler"]
     for block in encoder.blocks:
@@ -97,7 +98,7 @@ def spec_layers(encoder, heads, spec):
     check_spec(spec)
     layers = []
     if spec["encoder"]:
-        layers.append(encoder.embeddings)
+        layers.extend(encoder.input_layers())
         if encoder.use_pooler and spec["pooler"]:
             layers.append(encoder.pooler)
         for block in encoder.blocks:
