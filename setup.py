@@ -35,7 +35,9 @@ setup(
     extras_require={
         # gRPC requests, and the raw-text signatures' in-graph tokenizers (2.21.0's wheel cannot load its ICU data).
         "serving": ["tensorflow-serving-api", "tensorflow-text>=2.21.1"],
-        "dev": ["pytest", "pytest-xdist", "jax[cpu]", "tensorflow-serving-api", "tensorflow-text>=2.21.1", "sentencepiece",
+        "keras-hub": ["keras-hub>=0.32"],
+        "dev": ["pytest", "pytest-xdist", "jax[cpu]", "keras-hub>=0.32",  # from_keras_hub's parity tests
+                "tensorflow-serving-api", "tensorflow-text>=2.21.1", "sentencepiece",
                 # the documentation site (make docs, tests/test_docs.py)
                 "mkdocs==1.6.1", "mkdocs-material==9.8.1", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11"],
     },

@@ -54,6 +54,7 @@ _LAZY = {
     "TransformerBlock": "keras_adapterfusion.layers",
     "TransformerEncoder": "keras_adapterfusion.backbones",
     "load_encoder": "keras_adapterfusion.backbones",
+    "from_keras_hub": "keras_adapterfusion.backbones",
     "load_tokenizer": "keras_adapterfusion.backbones",
     "AdapterModel": "keras_adapterfusion.models",
     "MultiTaskModel": "keras_adapterfusion.models",

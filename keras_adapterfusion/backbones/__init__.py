@@ -4,6 +4,7 @@
 - `checkpoint`: finding checkpoint directories and reading `config.json` (pure Python).
 - `converters`: one key table per Hugging Face `model_type`.
 - `huggingface`: `load_encoder`, `load_tokenizer`.
+- `keras_hub_models`: `from_keras_hub`, an encoder from a keras-hub text backbone.
 - `copying`: `copy_encoder`, the one way to copy an encoder with a chosen set of adapters and fusions.
 
 The names below load on first use, so `backbones.checkpoint` can be imported
@@ -15,6 +16,7 @@ import importlib
 _LAZY = {
     "TransformerEncoder": "keras_adapterfusion.backbones.transformer_encoder",
     "copy_encoder": "keras_adapterfusion.backbones.copying",
+    "from_keras_hub": "keras_adapterfusion.backbones.keras_hub_models",
     "load_encoder": "keras_adapterfusion.backbones.huggingface",
     "load_tokenizer": "keras_adapterfusion.backbones.huggingface",
 }

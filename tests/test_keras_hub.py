@@ -1,0 +1,109 @@
+"""`from_keras_hub`: this package's encoder from keras-hub text backbones, outputs equal to keras-hub's.
+
+Random-weight backbones built from small configs (no download), every weight moved by N(0, 0.2²), on
+TensorFlow and JAX; a preset directory written by `save_to_preset` loads too. Bounds from the precision
+(tests/parity.py): both libraries compute in float32.
+"""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import max_abs
+from parity import assert_parity, bounds_for
+
+keras_hub = pytest.importorskip("keras_hub")
+
+from keras_adapterfusion import CheckpointError, from_keras_hub  # noqa: E402
+
+SIZE = dict(vocabulary_size=100, num_layers=2, num_heads=4, hidden_dim=64, intermediate_dim=128,
+            max_sequence_length=16)
+BACKBONES = {
+    "BertBackbone": lambda: keras_hub.models.BertBackbone(**SIZE),
+    "RobertaBackbone": lambda: keras_hub.models.RobertaBackbone(**SIZE),
+    "XLMRobertaBackbone": lambda: keras_hub.models.XLMRobertaBackbone(**SIZE),
+    "DistilBertBackbone": lambda: keras_hub.models.DistilBertBackbone(**SIZE),
+    "ElectraBackbone": lambda: keras_hub.models.ElectraBackbone(
+        vocab_size=100, num_layers=2, num_heads=4, hidden_dim=64, embedding_dim=32, intermediate_dim=128,
+        max_sequence_length=16),
+}
+
+
+def perturbed(make):
+    backbone = make()
+    rng = np.random.default_rng(0)
+    for v in backbone.weights:  # init-sized kernels (std 0.02) would leave every activation near 0
+        v.assign(ops.convert_to_numpy(v) + rng.normal(0, 0.2, tuple(v.shape)).astype("float32"))
+    return backbone
+
+
+def inputs():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, 100, (3, 9)).astype("int32")
+    mask = np.ones((3, 9), "int32")
+    mask[1, 6:] = 0
+    segments = np.zeros((3, 9), "int32")
+    segments[0, 5:] = 1
+    return ids, mask, segments
+
+
+def check(name, backbone, encoder):
+    ids, mask, segments = inputs()
+    given = {"token_ids": ids, "padding_mask": mask}
+    if "segment_ids" in backbone.input:
+        given["segment_ids"] = segments
+    theirs = backbone(given)
+    if not isinstance(theirs, dict):  # RoBERTa, XLM-R, DistilBERT: the sequence output alone
+        theirs = {"sequence_output": theirs}
+    ours = encoder({"input_ids": ids, "attention_mask": mask,
+                    **({"token_type_ids": segments} if "segment_ids" in given else {})})
+    keep = mask.astype(bool)  # padded rows: both libraries mask them out as keys; their own values are unused
+    reference = {"last_hidden_state": ops.convert_to_numpy(theirs["sequence_output"])[keep]}
+    errors = {"last_hidden_state": max_abs(ops.convert_to_numpy(ours["last_hidden_state"])[keep],
+                                           reference["last_hidden_state"])}
+    if "pooled_output" in theirs:
+        reference["pooler_output"] = ops.convert_to_numpy(theirs["pooled_output"])
+        errors["pooler_output"] = max_abs(ours["pooler_output"], reference["pooler_output"])
+    print(name, errors)
+    assert_parity(f"from_keras_hub({name})", errors,
+                  bounds_for(reference, list(errors), "float32", encoder.num_layers, encoder.hidden_size))
+    return errors
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_outputs_equal_keras_hub(name):
+    backbone = perturbed(BACKBONES[name])
+    encoder = from_keras_hub(backbone)
+    assert check(name, backbone, encoder)
+    assert encoder.use_pooler == (name in ("BertBackbone", "ElectraBackbone"))
+    assert (encoder.embedding_size is not None) == (name == "ElectraBackbone")
+    # Adapters and fusion go on as on any encoder; near-identity adapters leave the outputs close.
+    encoder.add_adapter("a", "seq_bn")
+    encoder.add_adapter("b", "seq_bn")
+    encoder.add_fusion(["a", "b"])
+    ids, mask, _ = inputs()
+    out = encoder({"input_ids": ids, "attention_mask": mask}, adapter_setup=["a", "b"])
+    assert ops.convert_to_numpy(out["fusion_attentions"]).shape == (2, 3, 9, 2)
+
+
+def test_a_preset_directory_loads(tmp_path):
+    backbone = perturbed(BACKBONES["BertBackbone"])
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    check("BertBackbone preset", backbone, from_keras_hub(str(tmp_path / "preset")))
+
+
+def test_unsupported_backbones_and_missing_presets_are_named(tmp_path):
+    albert = keras_hub.models.AlbertBackbone(vocabulary_size=50, num_layers=1, num_heads=2, embedding_dim=8,
+                                             hidden_dim=16, intermediate_dim=32, max_sequence_length=8)
+    with pytest.raises(CheckpointError, match=r"got a AlbertBackbone; expected one of \['BertBackbone'"):
+        from_keras_hub(albert)
+    with pytest.raises(CheckpointError, match="no keras-hub preset"):
+        from_keras_hub(str(tmp_path))
+
+
+def test_the_check_sees_the_gelu_form():
+    """keras-hub's BERT uses the tanh form of GELU; the exact form instead fails the same check (so an
+    error of 0 on TensorFlow, where both libraries run the same kernels, is a match, not a blind test)."""
+    backbone = perturbed(BACKBONES["BertBackbone"])
+    with pytest.raises(AssertionError, match="from_keras_hub"):
+        check("BertBackbone, exact gelu", backbone, from_keras_hub(backbone, hidden_act="gelu"))
