@@ -72,7 +72,8 @@ def copy_encoder(encoder, adapters, fusions=None, leave_out=(), dtype=None):
             t.assign(keras.ops.copy(s.value))
             filled.add(id(t))
 
-    fill(encoder.embeddings, copy.embeddings)
+    for source, target in zip(encoder.input_layers(), copy.input_layers()):
+        fill(source, target)
     if encoder.use_pooler:
         fill(encoder.pooler, copy.pooler)
     for old, new in zip(encoder.blocks, copy.blocks):

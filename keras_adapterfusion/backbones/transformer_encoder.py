@@ -12,7 +12,7 @@ from keras_adapterfusion.names import check_name
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
 class TransformerEncoder(keras.layers.Layer):
-    """A BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA) whose blocks carry adapters and fusion.
+    """A BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT) whose blocks carry adapters and fusion.
 
     Usually built from a Hugging Face checkpoint with
     `keras_adapterfusion.backbones.load_encoder`. Adapters and fusions are added
@@ -22,7 +22,7 @@ class TransformerEncoder(keras.layers.Layer):
     Args:
         vocab_size: rows of the token embedding table.
         hidden_size: width of the hidden states.
-        num_layers: transformer blocks.
+        num_layers: transformer blocks (each with its own weights and adapters).
         num_heads: attention heads per block.
         intermediate_size: width of the feed-forward layer.
         hidden_act: feed-forward activation (Hugging Face name).
@@ -38,6 +38,17 @@ class TransformerEncoder(keras.layers.Layer):
             `hidden_size` (ELECTRA); a Dense layer projects them to `hidden_size`.
         attention_output_dropout: apply `hidden_dropout` after the attention
             output projection (BERT); DistilBERT does not (`False`).
+        feed_forward_dropout: apply `hidden_dropout` after the feed-forward
+            output projection (BERT); ALBERT does not (`False`).
+        swap_attention_slot_inputs: the blocks' `mh` slot takes the attention's
+            input and output in AdapterHub's ALBERT order (see `TransformerBlock`).
+        depth: how many blocks the input passes through, a multiple of
+            `num_layers` (default: `num_layers`). When larger, the blocks are
+            shared as ALBERT shares them: block `i` runs `depth // num_layers`
+            times in a row, with the same weights and the same adapters and
+            fusions (AdapterHub places adapters in ALBERT's shared layer, so they
+            are shared too). `hidden_states` and `fusion_attentions` have one
+            entry per pass.
         model_type: Hugging Face `model_type` this encoder mirrors.
         adapters: dict name -> `AdapterConfig` dict, added at construction.
         fusions: dict fusion key -> `{"adapters": [...], "config": {...}, "name": ...}`.
@@ -99,6 +110,9 @@ class TransformerEncoder(keras.layers.Layer):
         use_pooler=True,
         embedding_size=None,
         attention_output_dropout=True,
+        feed_forward_dropout=True,
+        swap_attention_slot_inputs=False,
+        depth=None,
         model_type="bert",
         adapters=None,
         fusions=None,
@@ -123,6 +137,13 @@ class TransformerEncoder(keras.layers.Layer):
         self.use_pooler = use_pooler
         self.embedding_size = None if embedding_size in (None, hidden_size) else embedding_size
         self.attention_output_dropout = attention_output_dropout
+        self.feed_forward_dropout = feed_forward_dropout
+        self.swap_attention_slot_inputs = swap_attention_slot_inputs
+        depth = num_layers if depth is None else depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < num_layers or depth % num_layers:
+            raise ValueError(f"TransformerEncoder.depth: got {depth!r}; expected a multiple of num_layers "
+                             f"{num_layers}.")
+        self.depth = depth
         self.model_type = model_type
         self.fusion_reference_form = fusion_reference_form
         self.checkpoint = checkpoint
@@ -156,6 +177,8 @@ class TransformerEncoder(keras.layers.Layer):
                 attention_dropout=attention_dropout,
                 layer_norm_epsilon=layer_norm_epsilon,
                 attention_output_dropout=attention_output_dropout,
+                feed_forward_dropout=feed_forward_dropout,
+                swap_attention_slot_inputs=swap_attention_slot_inputs,
                 block_index=i,
                 fusion_reference_form=fusion_reference_form,
                 dtype=self.dtype_policy,
@@ -187,6 +210,12 @@ class TransformerEncoder(keras.layers.Layer):
             block.build(shape)
         if self.use_pooler:
             self.pooler.build((None, self.hidden_size))
+
+    def block_order(self):
+        """The index of the block each pass runs, in order: `[0, 1, ...]`, or with shared blocks
+        (`depth > num_layers`) each block repeated `depth // num_layers` times."""
+        repeats = self.depth // self.num_layers
+        return [i // repeats for i in range(self.depth)]
 
     def input_layers(self):
         """The pretrained layers before the first block: the embeddings, and ELECTRA's projection."""
@@ -322,9 +351,12 @@ class TransformerEncoder(keras.layers.Layer):
             x = self.embedding_projection(x)
         hidden = [x]
         mh_probs, out_probs = [], []
-        for block in self.blocks:
-            out = block(x, attention_mask=mask, adapter_setup=setup, adapter_index=adapter_index,
-                        training=training)
+        seen = set()
+        for i in self.block_order():
+            # A shared block adds its fusion regularization once per step, as AdapterHub sums it once per layer.
+            out = self.blocks[i](x, attention_mask=mask, adapter_setup=setup, adapter_index=adapter_index,
+                                 regularize=i not in seen, training=training)
+            seen.add(i)
             x, p_mh, p_out = out["hidden_states"], out.get("mh_fusion_attention"), out.get("fusion_attention")
             hidden.append(x)
             mh_probs.append(p_mh)
@@ -363,6 +395,9 @@ class TransformerEncoder(keras.layers.Layer):
             use_pooler=self.use_pooler,
             embedding_size=self.embedding_size,
             attention_output_dropout=self.attention_output_dropout,
+            feed_forward_dropout=self.feed_forward_dropout,
+            swap_attention_slot_inputs=self.swap_attention_slot_inputs,
+            depth=self.depth,
             model_type=self.model_type,
             adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
             fusions={

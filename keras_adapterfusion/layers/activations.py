@@ -16,8 +16,19 @@ def _gelu_exact(x):
     return 0.5 * x * (1.0 + ops.erf(x * ops.convert_to_tensor(1.0 / math.sqrt(2.0), dtype="float64")))
 
 
-def _gelu_tanh(x):
-    return ops.gelu(x, approximate=True)
+def _gelu_tanh(x, constant=math.sqrt(2.0 / math.pi)):
+    x = ops.convert_to_tensor(x)
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        return ops.gelu(x, approximate=True)
+    # float64: Hugging Face's formula with float64 constants (the backends' tanh GELU is only
+    # float32-accurate in float64, as the exact form above).
+    c = ops.convert_to_tensor(constant, dtype="float64")
+    return 0.5 * x * (1.0 + ops.tanh(c * (x + 0.044715 * x * x * x)))
+
+
+def _gelu_fast(x):
+    # Hugging Face's FastGELUActivation rounds sqrt(2 / pi) to 0.7978845608 (seen only in float64).
+    return _gelu_tanh(x, 0.7978845608)
 
 
 def _quick_gelu(x):
@@ -39,7 +50,7 @@ _ACTIVATIONS = {
     "silu": ops.silu,
     "gelu": _gelu_exact,
     "gelu_new": _gelu_tanh,
-    "gelu_fast": _gelu_tanh,
+    "gelu_fast": _gelu_fast,
     "gelu_pytorch_tanh": _gelu_tanh,
     "quick_gelu": _quick_gelu,
     "tanh": ops.tanh,

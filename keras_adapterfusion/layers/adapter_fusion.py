@@ -47,7 +47,8 @@ class AdapterFusion(keras.layers.Layer):
         residual_before: add the residual to each adapter output before the
             attention, instead of to the fused output.
         temperature: anneal the softmax temperature from 50 by 0.05 per
-            training call, down to 1.
+            training call, down to 1 (a shared ALBERT block calls it once per
+            pass, as AdapterHub's does).
         value_before_softmax: AdapterHub's flag; both settings give the same
             result since `V` has no bias.
         value_initialized: start `V` near the identity.
@@ -60,6 +61,9 @@ class AdapterFusion(keras.layers.Layer):
         adapter_outputs: the adapters' up projections, `[batch, tokens, N, hidden]`.
         residual: `[batch, tokens, hidden]`.
         training: Python bool.
+        regularize: add the regularization loss while training (default
+            True; `False` for a shared block's later passes, see
+            `TransformerEncoder.depth`).
 
     Returns:
         A tuple `(output, attention)`: output `[batch, tokens, hidden]` and the
@@ -216,14 +220,14 @@ class AdapterFusion(keras.layers.Layer):
                 self.temperature_value.assign(ops.maximum(t - TEMPERATURE_START / 1000.0, 1.0))
         return ops.softmax(scores, axis=-1)
 
-    def _finish(self, context, residual, training):
+    def _finish(self, context, residual, training, regularize=True):
         if not self.residual_before:
             context = context + residual
-        if training and self.regularization and self.use_value and self.trainable:
+        if training and regularize and self.regularization and self.use_value and self.trainable:
             self.add_loss(self.regularization_loss())
         return context
 
-    def call(self, query, adapter_outputs, residual, training=None):
+    def call(self, query, adapter_outputs, residual, training=None, regularize=True):
         u = adapter_outputs
         if self.residual_before:
             u = u + ops.expand_dims(residual, 2)
@@ -233,7 +237,7 @@ class AdapterFusion(keras.layers.Layer):
         context = ops.einsum("btn,btnh->bth", probs, values)
         if self.use_value and (not self.reference_form or not self.value_before_softmax):
             context = self.value_dense(context)
-        return self._finish(context, residual, training), probs
+        return self._finish(context, residual, training, regularize), probs
 
     # ------------------------------------------------ adapters side by side
     # From this many tokens in a call on, the fusion's Q, K and V are multiplied into the
@@ -242,7 +246,7 @@ class AdapterFusion(keras.layers.Layer):
     # where folding starts to cost less than it saves (S: the adapters' summed bottleneck).
     fold_min_tokens = None
 
-    def fuse_adapters(self, query, adapter_input, adapters, residual, training=None):
+    def fuse_adapters(self, query, adapter_input, adapters, residual, training=None, regularize=True):
         """Fuse `adapters` run on `adapter_input`, without running them one by one.
 
         Gives the result of
@@ -272,6 +276,8 @@ class AdapterFusion(keras.layers.Layer):
             adapters: the fused `BottleneckAdapter` layers, in the fusion's order.
             residual: `[batch, tokens, hidden]`.
             training: Python bool.
+            regularize: add the regularization loss while training (`False` for the later
+                passes of a shared block, so that it counts once per step).
 
         Returns:
             `(output, attention)` as `call` returns them.
@@ -289,7 +295,7 @@ class AdapterFusion(keras.layers.Layer):
         """
         if self.reference_form or self.residual_before or not adapter_stack.can_stack(adapters):
             ups = ops.stack([adapter(adapter_input, up_only=True) for adapter in adapters], axis=2)
-            return self(query, ups, residual, training=training)
+            return self(query, ups, residual, training=training, regularize=regularize)
         dtype = backend.standardize_dtype(adapter_input.dtype)
         weights = adapter_stack.stacked_weights(adapters, dtype)
         h = self.hidden_size
@@ -312,7 +318,7 @@ class AdapterFusion(keras.layers.Layer):
         context = either(lambda fold: self._stacked_mixture(down, probs, weights, fold))
         context = ops.reshape(context, shape)
         probs = ops.reshape(probs, tuple(shape[:-1]) + (n,))
-        return self._finish(context, residual, training), probs
+        return self._finish(context, residual, training, regularize), probs
 
     def _stacked_scores(self, a, q, w, fold):
         """Scores `[tokens, N]` (before dropout) and the bottleneck activations `d` `[tokens, S]`."""

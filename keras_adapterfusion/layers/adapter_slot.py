@@ -120,7 +120,7 @@ class AdapterSlot(keras.layers.Layer):
                 out = ops.where(chosen, candidate, out)
         return out
 
-    def _fuse(self, setup, h, x, norm, training):
+    def _fuse(self, setup, h, x, norm, training, regularize=True):
         present = [n for n in setup.adapters if n in self.adapters]
         if not present:
             return norm(h + x), None
@@ -134,10 +134,11 @@ class AdapterSlot(keras.layers.Layer):
         config = self._configs[present[-1]]
         a, query, residual = self.pre_forward(config, h, x, norm, fusion.query_before_ln)
         # All adapters side by side, in a few products (AdapterFusion.fuse_adapters).
-        out, probs = fusion.fuse_adapters(query, a, [self.adapters[n] for n in present], residual, training=training)
+        out, probs = fusion.fuse_adapters(query, a, [self.adapters[n] for n in present], residual, training=training,
+                                          regularize=regularize)
         return self.post_forward(config, out, x, norm), probs
 
-    def forward(self, h, x, norm, setup, adapter_index=None, training=None):
+    def forward(self, h, x, norm, setup, adapter_index=None, training=None, regularize=True):
         """The slot's output for sublayer output `h`, sublayer input `x` and the block's LayerNorm `norm`.
 
         Args:
@@ -147,6 +148,7 @@ class AdapterSlot(keras.layers.Layer):
             setup: an `AdapterSetup` or `None` (parsed by the caller).
             adapter_index: for a per-row setup, int `[batch]`.
             training: Python bool.
+            regularize: let a fusion add its regularization loss (see `AdapterFusion`).
 
         Returns:
             `(hidden_states, fusion_probs)`; `fusion_probs` is `None` unless a fusion ran.
@@ -160,7 +162,7 @@ class AdapterSlot(keras.layers.Layer):
             return self._single(setup.adapters[0], h, x, norm, training), None
         if setup.kind == "per_row":
             return self._per_row(setup, h, x, norm, adapter_index, training), None
-        return self._fuse(setup, h, x, norm, training)
+        return self._fuse(setup, h, x, norm, training, regularize)
 
     def call(self, *args, **kwargs):
         raise NotImplementedError("AdapterSlot runs through AdapterSlot.forward, called by its block.")

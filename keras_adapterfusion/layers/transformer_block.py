@@ -1,4 +1,4 @@
-"""A post-LayerNorm transformer block (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA) with adapter slots."""
+"""A post-LayerNorm transformer block (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT) with adapter slots."""
 
 import keras
 from keras import ops
@@ -43,6 +43,13 @@ class TransformerBlock(keras.layers.Layer):
         attention_output_dropout: apply `hidden_dropout` after the attention
             output projection too (BERT); DistilBERT applies it only after the
             feed-forward (`False`).
+        feed_forward_dropout: apply `hidden_dropout` after the feed-forward
+            output projection (BERT); ALBERT does not (`False`).
+        swap_attention_slot_inputs: give the `mh` slot the attention's input as
+            its sublayer output and the attention output as its residual, as
+            AdapterHub's ALBERT does (the reverse of BERT's order; without an
+            adapter the result is the same `LN(h + x)`, with one it is what
+            `adapters` computes for ALBERT).
         block_index: index of this block in the encoder (for `leave_out` and
             per-block reduction factors).
         adapters: dict adapter name -> `AdapterConfig` dict (for `from_config`).
@@ -57,6 +64,9 @@ class TransformerBlock(keras.layers.Layer):
             `AdapterSetup`.
         adapter_index: for a per-row setup, int `[batch]`: which of its
             adapters each example runs.
+        regularize: let fusion layers add their regularization loss while
+            training (an encoder that runs a shared block several times passes
+            `False` after the first pass, so that it counts once).
         training: Python bool.
 
     Returns:
@@ -88,6 +98,8 @@ class TransformerBlock(keras.layers.Layer):
         attention_dropout=0.1,
         layer_norm_epsilon=1e-12,
         attention_output_dropout=True,
+        feed_forward_dropout=True,
+        swap_attention_slot_inputs=False,
         block_index=0,
         adapters=None,
         fusions=None,
@@ -110,6 +122,8 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         self.attention_output_dropout = attention_output_dropout
+        self.feed_forward_dropout = feed_forward_dropout
+        self.swap_attention_slot_inputs = swap_attention_slot_inputs
         self.block_index = block_index
         self.fusion_reference_form = fusion_reference_form
         self.adapter_configs = {}
@@ -334,7 +348,8 @@ class TransformerBlock(keras.layers.Layer):
         return super().__call__(hidden_states, attention_mask, adapter_setup=call_form(setup, hidden_states),
                                 **kwargs)
 
-    def call(self, hidden_states, attention_mask=None, adapter_setup=None, adapter_index=None, training=None):
+    def call(self, hidden_states, attention_mask=None, adapter_setup=None, adapter_index=None, regularize=True,
+             training=None):
         setup = AdapterSetup.parse(adapter_setup)  # an AdapterSetup as it is; a symbolic call's token decoded
         if setup is not None and setup.kind == "per_row" and adapter_index is None:
             raise ValueError("TransformerBlock: a per-row adapter setup needs adapter_index ([batch] ints).")
@@ -342,10 +357,16 @@ class TransformerBlock(keras.layers.Layer):
         h = self._linear(self.attention_output_dense, self._attention(x, attention_mask, training))
         if self.attention_output_dropout:
             h = self.hidden_dropout_layer(h, training=training)
-        x1, mh_probs = self.slots["mh"].forward(h, x, self.attention_norm, setup, adapter_index, training)
+        if self.swap_attention_slot_inputs:
+            h, x = x, h
+        x1, mh_probs = self.slots["mh"].forward(h, x, self.attention_norm, setup, adapter_index, training,
+                                                regularize)
         inter = self._act(self._linear(self.intermediate_dense, x1))
-        h2 = self.hidden_dropout_layer(self._linear(self.output_dense, inter), training=training)
-        out, out_probs = self.slots["output"].forward(h2, x1, self.output_norm, setup, adapter_index, training)
+        h2 = self._linear(self.output_dense, inter)
+        if self.feed_forward_dropout:
+            h2 = self.hidden_dropout_layer(h2, training=training)
+        out, out_probs = self.slots["output"].forward(h2, x1, self.output_norm, setup, adapter_index, training,
+                                                      regularize)
         outputs = {"hidden_states": out}
         if mh_probs is not None:
             outputs["mh_fusion_attention"] = mh_probs
@@ -364,6 +385,8 @@ class TransformerBlock(keras.layers.Layer):
             attention_dropout=self.attention_dropout,
             layer_norm_epsilon=self.layer_norm_epsilon,
             attention_output_dropout=self.attention_output_dropout,
+            feed_forward_dropout=self.feed_forward_dropout,
+            swap_attention_slot_inputs=self.swap_attention_slot_inputs,
             block_index=self.block_index,
             adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
             fusions={
