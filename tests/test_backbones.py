@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 from conftest import BACKBONES, FLOAT64_EXACT, FLOAT64_SKIP, TINY_BERT, base_shape, max_abs, model_inputs
 from parity import assert_parity, bounds_for
 from torch_files import write_torch_zip
-from keras_adapterfusion import CheckpointError, load_encoder, load_tokenizer
+from keras_adapterfusion import CheckpointError, TransformerEncoder, load_encoder, load_tokenizer
 from keras_adapterfusion.backbones.huggingface import DEFAULT_ENCODER, resolve_checkpoint, weight_rows
 from keras_adapterfusion.layers.activations import get_activation
 
@@ -27,7 +27,8 @@ SENTENCES = [
 
 
 # One tiny checkpoint per supported model type (tests/fixtures/README.md says which script wrote each).
-TINY_CHECKPOINTS = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra"]
+TINY_CHECKPOINTS = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra",
+                    "tiny-albert"]
 
 
 def check_parity(case, encoder, ref, dtype="float32"):
@@ -45,7 +46,7 @@ def check_parity(case, encoder, ref, dtype="float32"):
     if "last_hidden_state" in ref:
         assert max_abs(ref["last_hidden_state"], ref["hidden_states"][-1]) == 0.0
     assert ops.convert_to_numpy(out["hidden_states"]).shape == ref["hidden_states"].shape
-    bounds = bounds_for(reference, list(errors), dtype, encoder.num_layers, encoder.hidden_size)
+    bounds = bounds_for(reference, list(errors), dtype, encoder.depth, encoder.hidden_size)
     assert_parity(f"{case} ({dtype})", errors, bounds)
     return errors
 
@@ -60,7 +61,7 @@ def test_tiny_checkpoint_parity(name, dtype, request):
     directory = os.path.join(BACKBONES, name)
     encoder = load_encoder(directory, dtype=dtype)
     assert encoder.model_type == json.load(open(os.path.join(directory, "config.json")))["model_type"]
-    assert base_shape(directory) == (encoder.num_layers, encoder.hidden_size)
+    assert base_shape(directory) == (encoder.depth, encoder.hidden_size)
     reference = "reference.npz" if dtype == "float32" else "reference_float64.npz"
     errors = check_parity(name, encoder, np.load(os.path.join(directory, reference)), dtype)
     print(name, dtype, errors)
@@ -276,11 +277,11 @@ def test_unsupported_model_type_names_the_supported_ones(tmp_path):
     from keras_adapterfusion.backbones.checkpoint import SUPPORTED_MODEL_TYPES
 
     _copy_config(TINY_BERT, tmp_path)
-    _edit_config(tmp_path, model_type="albert")
+    _edit_config(tmp_path, model_type="gpt2")
     with pytest.raises(CheckpointError) as info:
         load_encoder(str(tmp_path))
     message = str(info.value)
-    assert "model_type 'albert' is not supported" in message
+    assert "model_type 'gpt2' is not supported" in message
     assert all(repr(t) in message for t in SUPPORTED_MODEL_TYPES), message
 
 
@@ -292,6 +293,42 @@ def test_distilbert_config_fields_are_named_as_the_file_names_them(tmp_path):
     _edit_config(tmp_path / "d", n_heads=4, activation="swiglu")
     with pytest.raises(CheckpointError, match=r"field 'activation' is 'swiglu'"):
         load_encoder(str(tmp_path / "d"))
+
+
+def test_albert_shares_its_block_and_checks_its_groups(tmp_path):
+    """ALBERT: one block (layer group) run num_hidden_layers times; groups that do not divide the layers,
+    and more than one layer per group, are refused with the field named."""
+    encoder = load_encoder(os.path.join(BACKBONES, "tiny-albert"))
+    assert (encoder.num_layers, encoder.depth, encoder.block_order()) == (1, 2, [0, 0])
+    assert not encoder.blocks[0].feed_forward_dropout and encoder.blocks[0].attention_output_dropout
+    shutil.copytree(os.path.join(BACKBONES, "tiny-albert"), tmp_path / "a")
+    _edit_config(tmp_path / "a", num_hidden_groups=3)
+    with pytest.raises(CheckpointError, match=r"field 'num_hidden_groups' is 3; expected a divisor of "
+                                              r"num_hidden_layers 2"):
+        load_encoder(str(tmp_path / "a"))
+    _edit_config(tmp_path / "a", num_hidden_groups=1, inner_group_num=2)
+    with pytest.raises(CheckpointError, match=r"field 'inner_group_num' .*2.*expected 1"):
+        load_encoder(str(tmp_path / "a"))
+    # Two groups of one layer each, every layer its own: the blocks run in order, once each.
+    two = TransformerEncoder(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                             depth=4)
+    assert two.block_order() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"TransformerEncoder.depth: got 3; expected a multiple of num_layers 2"):
+        TransformerEncoder(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, depth=3)
+
+
+def test_tanh_gelu_is_float64_accurate(request):
+    """The tanh GELUs in float64 follow Hugging Face's formulas with float64 constants."""
+    if not FLOAT64_EXACT:
+        pytest.skip(FLOAT64_SKIP)
+    request.getfixturevalue("float64")
+    from math import pi, sqrt, tanh
+
+    x = np.array([-2.0, -0.5, 0.3, 1.7], "float64")
+    for name, c in (("gelu_new", sqrt(2 / pi)), ("gelu_pytorch_tanh", sqrt(2 / pi)), ("gelu_fast", 0.7978845608)):
+        expected = [0.5 * v * (1 + tanh(c * (v + 0.044715 * v ** 3))) for v in x]
+        got = ops.convert_to_numpy(get_activation(name)(ops.convert_to_tensor(x, "float64")))
+        assert max_abs(got, expected) < 8 * np.finfo("float64").eps, name
 
 
 def test_copy_encoder_copies_values_into_new_buffers():

@@ -302,7 +302,7 @@ def test_sentence_pairs_from_training_to_a_prediction(tmp_path, capsys):
         client.predict_local(["a single text"])
 
 
-@pytest.mark.parametrize("name", ["tiny-distilbert", "tiny-electra"])
+@pytest.mark.parametrize("name", ["tiny-distilbert", "tiny-electra", "tiny-albert"])
 def test_adapters_and_fusion_train_on_each_tiny_encoder_type(name, tmp_path, capsys):
     """train-adapter twice and fuse on a tiny checkpoint of each newer model type (its own tokenizer), then
     export --run-dir with the raw-text signature and predict from the export."""
@@ -327,7 +327,20 @@ def test_adapters_and_fusion_train_on_each_tiny_encoder_type(name, tmp_path, cap
     assert attention  # the fusion's attention over a and b was measured
     capsys.readouterr()
     assert cli.main(["export", "--run-dir", str(tmp_path / "fuse"), "--export-dir", str(tmp_path / "export"),
-                     "--model-name", "m"]) == 0
+                     "--model-name", "m", "--text-signatures"]) == 0
     assert cli.main(["predict", "--export", str(tmp_path / "export" / "m" / "1"), "--text", "what a day"]) == 0
     label, probability, _ = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
     assert label in ("happy", "sad") and 0.5 <= float(probability) <= 1.0
+    # The raw-text signature tokenizes in the graph as the checkpoint's Python tokenizer does.
+    import tensorflow as tf
+    from transformers import AutoTokenizer
+
+    from parity import float32_bound
+
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "m" / "1"))
+    texts = ["what a day", "Ça va? Déjà vu, naïve café!"]
+    x = AutoTokenizer.from_pretrained(encoder)(texts, padding=True, return_tensors="np", return_token_type_ids=True)
+    x = {k: tf.constant(x[k].astype("int64")) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    by_ids = loaded.signatures["serving_default"](**x)["logits"].numpy()
+    by_text = loaded.signatures["serving_text"](text=tf.constant(texts))["logits"].numpy()
+    np.testing.assert_allclose(by_text, by_ids, rtol=0, atol=float32_bound(float(np.abs(by_ids).max()), 2, 64))

@@ -290,6 +290,13 @@ def battery_cases():
         LayerCase("encoder-electra-embedding-projection", TransformerEncoder,
                   dict(encoder, embedding_size=BH // 2, use_pooler=False, model_type="electra"),
                   encoder_inputs, {"output_hidden_states": True}, may_stay=KEY_BIAS),
+        # ALBERT's: one block run twice (shared weights and adapters), narrower embeddings, no dropout
+        # after the feed-forward, the mh slot's inputs in AdapterHub's ALBERT order; fusing two Houlsby adapters.
+        LayerCase("encoder-albert-shared-block-fusion", TransformerEncoder,
+                  dict(encoder, num_layers=1, depth=2, embedding_size=BH // 2, feed_forward_dropout=False,
+                       swap_attention_slot_inputs=True, model_type="albert", adapters=houlsby,
+                       fusions={"a,b": {"adapters": ["a", "b"], "config": FusionConfig().to_dict(), "name": None}}),
+                  encoder_inputs, {"adapter_setup": ["a", "b"]}, may_stay=KEY_BIAS),
     ]
     for case in cases:
         case.fit_run_eagerly = case.id not in COMPILED_FIT

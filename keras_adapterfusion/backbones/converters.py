@@ -15,6 +15,7 @@ beside the encoder in full checkpoints. Reading files and checking tensors is
 | `roberta`, `xlm-roberta` | `roberta.` | `bert_rows` (positions differ, see `TextEmbeddings`) | as BERT |
 | `electra` | `electra.` | `bert_rows` (+ `embeddings_project` when `embedding_size` differs) | as BERT |
 | `distilbert` | `distilbert.` | `distilbert_rows` | `transformer.layer.{i}.attention_adapters.`, `transformer.layer.{i}.output_adapters.` |
+| `albert` | `albert.` | `albert_rows` (block `i` is layer group `i`, shared by its layers) | `encoder.albert_layer_groups.{i}.albert_layers.0.attention.attention_adapters.`, `encoder.albert_layer_groups.{i}.albert_layers.0.output_adapters.` |
 """
 
 import dataclasses
@@ -25,14 +26,27 @@ import keras
 from keras_adapterfusion.io.weights import WeightRow
 
 
-def _dense_rows(key, dense):
-    return [WeightRow(key + ".weight", tuple(dense.kernel.shape), dense.kernel, "transpose"),
-            WeightRow(key + ".bias", tuple(dense.bias.shape), dense.bias)]
+@dataclasses.dataclass(frozen=True)
+class KeyStyle:
+    """How a weight file names a layer's tensors: the suffixes of a Dense layer's kernel and bias and of a
+    LayerNorm's scale and offset, and the transform a kernel needs (`"transpose"` for PyTorch's `Linear`)."""
+
+    dense: tuple = (".weight", ".bias")
+    norm: tuple = (".weight", ".bias")
+    kernel_transform: str = "transpose"
 
 
-def _norm_rows(key, norm):
-    return [WeightRow(key + ".weight", tuple(norm.gamma.shape), norm.gamma),
-            WeightRow(key + ".bias", tuple(norm.beta.shape), norm.beta)]
+HF_KEYS = KeyStyle()  # Hugging Face (PyTorch) checkpoints
+
+
+def layer_rows(key, layer, style=HF_KEYS):
+    """The `WeightRow`s of one Dense or LayerNormalization layer under `key` in `style`."""
+    if isinstance(layer, keras.layers.LayerNormalization):
+        (scale, offset), pairs = style.norm, ((layer.gamma, None), (layer.beta, None))
+    else:
+        (scale, offset), pairs = style.dense, ((layer.kernel, style.kernel_transform), (layer.bias, None))
+    return [WeightRow(key + suffix, tuple(variable.shape), variable, transform)
+            for suffix, (variable, transform) in zip((scale, offset), pairs)]
 
 
 def _embedding_rows(encoder):
@@ -41,17 +55,16 @@ def _embedding_rows(encoder):
     if emb.token_type_embeddings is not None:
         tables.append(("token_type_embeddings", emb.token_type_embeddings))
     rows = [WeightRow(f"embeddings.{k}.weight", tuple(t.embeddings.shape), t.embeddings) for k, t in tables]
-    return rows + _norm_rows("embeddings.LayerNorm", emb.norm)
+    return rows + layer_rows("embeddings.LayerNorm", emb.norm)
 
 
-def _block_rows(encoder, layer, names):
+def block_rows(encoder, layer, names, style=HF_KEYS):
     """Rows of every block: `layer` is the key of block `i` (a format string), `names` the key of each of
     the block's layers after it, in `TransformerBlock.base_layers` order."""
     rows = []
     for i, block in enumerate(encoder.blocks):
-        for name, part in zip(names, block.base_layers()):
-            add = _norm_rows if isinstance(part, keras.layers.LayerNormalization) else _dense_rows
-            rows.extend(add(layer.format(i=i) + name, part))
+        for name, part in zip(names, block.base_layers(), strict=True):
+            rows.extend(layer_rows(layer.format(i=i) + name, part, style))
     return rows
 
 
@@ -59,20 +72,34 @@ def bert_rows(encoder):
     """`WeightRow`s of a BERT-layout encoder (BERT, RoBERTa, XLM-R, ELECTRA), keys without the model prefix."""
     rows = _embedding_rows(encoder)
     if encoder.embedding_projection is not None:  # ELECTRA with embedding_size != hidden_size
-        rows.extend(_dense_rows("embeddings_project", encoder.embedding_projection))
-    rows.extend(_block_rows(encoder, "encoder.layer.{i}.", (
+        rows.extend(layer_rows("embeddings_project", encoder.embedding_projection))
+    rows.extend(block_rows(encoder, "encoder.layer.{i}.", (
         "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
         "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")))
     if encoder.use_pooler:
-        rows.extend(_dense_rows("pooler.dense", encoder.pooler))
+        rows.extend(layer_rows("pooler.dense", encoder.pooler))
     return rows
 
 
 def distilbert_rows(encoder):
     """`WeightRow`s of a DistilBERT encoder, keys without the `distilbert.` prefix."""
-    return _embedding_rows(encoder) + _block_rows(encoder, "transformer.layer.{i}.", (
+    return _embedding_rows(encoder) + block_rows(encoder, "transformer.layer.{i}.", (
         "attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "sa_layer_norm",
         "ffn.lin1", "ffn.lin2", "output_layer_norm"))
+
+
+def albert_rows(encoder):
+    """`WeightRow`s of an ALBERT encoder, keys without the `albert.` prefix: block `i` is layer group `i`
+    (one layer per group), run `depth // num_layers` times."""
+    rows = _embedding_rows(encoder)
+    if encoder.embedding_projection is not None:
+        rows.extend(layer_rows("encoder.embedding_hidden_mapping_in", encoder.embedding_projection))
+    rows.extend(block_rows(encoder, "encoder.albert_layer_groups.{i}.albert_layers.0.", (
+        "attention.query", "attention.key", "attention.value", "attention.dense", "attention.LayerNorm",
+        "ffn", "ffn_output", "full_layer_layer_norm")))
+    if encoder.use_pooler:
+        rows.extend(layer_rows("pooler", encoder.pooler))
+    return rows
 
 
 BERT_SLOTS = {"mh": "encoder.layer.{i}.attention.output.", "output": "encoder.layer.{i}.output."}
@@ -103,5 +130,12 @@ CONVERTERS = {
         {"mh": "transformer.layer.{i}.attention_adapters.", "output": "transformer.layer.{i}.output_adapters."},
         "DistilBertAdapterModel",
         BERT_HEADS + ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "pre_classifier."),
+    ),
+    "albert": Converter(
+        "albert.", albert_rows,
+        {"mh": "encoder.albert_layer_groups.{i}.albert_layers.0.attention.attention_adapters.",
+         "output": "encoder.albert_layer_groups.{i}.albert_layers.0.output_adapters."},
+        "AlbertAdapterModel",
+        BERT_HEADS + ("predictions.", "sop_classifier."),
     ),
 }

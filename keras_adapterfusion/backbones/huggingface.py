@@ -1,4 +1,4 @@
-"""Load Hugging Face BERT, RoBERTa, XLM-R, DistilBERT and ELECTRA checkpoints into `TransformerEncoder`.
+"""Load Hugging Face BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA and ALBERT checkpoints into `TransformerEncoder`.
 
 `config.json` is read and checked by `backbones.checkpoint`; the weights
 (`model.safetensors`, shards, or PyTorch's `pytorch_model.bin`, read without
@@ -84,7 +84,7 @@ def load_encoder(path_or_id, use_pooler=None, dtype=None, cache_dir=None, allow_
     weights = read_weights(directory, "model")
     tensors = strip_encoder_prefix(weights.tensors, config["model_type"], weights.path)
     if use_pooler is None:
-        use_pooler = "pooler.dense.weight" in tensors
+        use_pooler = any(k.startswith("pooler.") for k in tensors)
     kwargs = encoder_kwargs_from_hf_config(config)
     kwargs.update(overrides)
     if not use_pooler:

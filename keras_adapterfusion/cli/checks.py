@@ -330,7 +330,7 @@ def check_adapter_config(spec, num_layers):
     beyond = [i for i in config.leave_out if i >= num_layers]
     if beyond:
         fail(f"{where}: leave_out has block {beyond[0]}; expected block indices below {num_layers} (the encoder's "
-              "num_hidden_layers)")
+              "blocks: num_hidden_layers, or ALBERT's num_hidden_groups)")
     if len(config.leave_out) == num_layers:
         fail(f"{where}: leave_out lists all {num_layers} blocks; expected at least one block with the adapter")
     try:

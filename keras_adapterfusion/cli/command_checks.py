@@ -13,6 +13,7 @@ import os
 
 from keras_adapterfusion.backbones.checkpoint import (
     TOKENIZER_FILE_SETS,
+    encoder_kwargs_from_hf_config,
     has_tokenizer,
     max_tokens,
     resolve_checkpoint,
@@ -67,7 +68,8 @@ def check_training(args):
     if args.log_dir is not None:
         check_new_directory("--log-dir", args.log_dir)
     if args.command == "train-adapter":
-        check_adapter_config(args.adapter_config, config["num_hidden_layers"])
+        # Blocks with their own weights (ALBERT: its layer groups).
+        check_adapter_config(args.adapter_config, encoder_kwargs_from_hf_config(config)["num_layers"])
         args.adapter_name = args.adapter_name or name_type(task.name)
     if args.command == "fuse":
         modules = [adapter_module("--adapters", d) for d in args.adapters]
