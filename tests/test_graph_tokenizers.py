@@ -9,6 +9,7 @@ from conftest import BACKBONES, FIXTURES, minilm_dir
 
 pytestmark = pytest.mark.tensorflow_only
 XLMR_STYLE = os.path.join(FIXTURES, "xlmr_style_tokenizer")
+ALBERT = os.path.join(BACKBONES, "tiny-albert")
 
 
 def corpora():
@@ -99,6 +100,43 @@ def test_sentencepiece_graph_equals_the_python_tokenizers_up_to_ties():
             assert "".join(a) == "".join(b) and sorted(a) == sorted(b), (label, texts[i], a, b)
 
 
+def test_albert_unigram_graph_equals_the_python_tokenizer_up_to_ties():
+    """ALBERT's tokenizer (the tiny checkpoint's `spiece.model`, Hugging Face's normalizer steps before it):
+    the same ids on every offline text except ties between equal-score segmentations, as above."""
+    from keras_adapterfusion.backbones import load_tokenizer
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer, tokenizer_family
+
+    assert tokenizer_family(ALBERT) == "unigram"
+    tokenizer = load_tokenizer(ALBERT)
+    assert type(tokenizer).__name__.startswith("AlbertTokenizer"), type(tokenizer)
+    # Hugging Face keeps special tokens written in the text whole; the graph splits them (as for WordPiece).
+    texts = corpora() + [t for t in EDGE_CASES if not t.startswith("[CLS]")]
+    python = tokenizer(texts, truncation=True, max_length=64)["input_ids"]
+    graph = graph_ids(graph_tokenizer(ALBERT, max_length=64), texts)
+    different = [i for i, (a, b) in enumerate(zip(graph, python)) if a != b]
+    print(f"graph vs Hugging Face: {len(different)} of {len(texts)} texts segmented differently (ties)")
+    assert len(different) < 0.001 * len(texts), len(different)
+    for i in different:  # the same text, cut into the same pieces in another order
+        a, b = tokenizer.convert_ids_to_tokens(graph[i]), tokenizer.convert_ids_to_tokens(python[i])
+        assert "".join(a) == "".join(b) and sorted(a) == sorted(b), (texts[i], a, b)
+
+
+def test_albert_normalizers_other_than_its_own_are_refused(tmp_path):
+    import json
+    import shutil
+
+    from keras_adapterfusion.errors import ExportError
+    from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
+
+    shutil.copytree(ALBERT, tmp_path / "a")
+    path = tmp_path / "a" / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    spec["normalizer"]["normalizers"].insert(0, {"type": "NFC"})
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ExportError, match=r"normalizer steps \[\('NFC', None\).*expected ALBERT's"):
+        graph_tokenizer(str(tmp_path / "a"))
+
+
 def test_byte_level_bpe_is_refused_with_a_reason(tmp_path):
     from keras_adapterfusion.errors import ExportError
     from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
@@ -164,16 +202,17 @@ def test_wordpiece_pair_graph_equals_the_python_tokenizer(max_length):
     assert {len(ids) for ids, _ in graph} >= {max_length}
 
 
+@pytest.mark.parametrize("directory", [XLMR_STYLE, ALBERT], ids=["xlmr", "albert"])
 @pytest.mark.parametrize("max_length", [5, 12, 64])
-def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length):
-    """XLM-R's pair layout `<s> a </s></s> b </s>`, token types 0; pairs whose single texts segment alike
-    (the ties of the test above aside) get the same ids."""
+def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length, directory):
+    """XLM-R's pair layout `<s> a </s></s> b </s>`, token types 0, and ALBERT's `[CLS] a [SEP] b [SEP]`, token
+    types 0 then 1; pairs whose single texts segment alike (the ties of the tests above aside) get the same ids."""
     from transformers import AutoTokenizer
 
     from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer
 
-    hf = AutoTokenizer.from_pretrained(XLMR_STYLE)
-    module = graph_tokenizer(XLMR_STYLE, max_length=512)
+    hf = AutoTokenizer.from_pretrained(directory)
+    module = graph_tokenizer(directory, max_length=512)
     texts = corpora()[:3001]
     singles = graph_ids(module, texts)
     python_singles = hf(texts, truncation=True, max_length=512)["input_ids"]
@@ -181,7 +220,7 @@ def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length):
     assert len(same) > 0.99 * (len(texts) - 1)
     firsts, seconds = [texts[i] for i in same], [texts[i + 1] for i in same]
     python = python_pair_ids(hf, firsts, seconds, max_length)
-    graph = graph_pair_ids(graph_tokenizer(XLMR_STYLE, max_length=max_length), firsts, seconds)
+    graph = graph_pair_ids(graph_tokenizer(directory, max_length=max_length), firsts, seconds)
     different = [i for i, (a, b) in enumerate(zip(graph, python)) if a != b]
     assert not different, [(firsts[i][:40], seconds[i][:40], graph[i], python[i]) for i in different[:2]]
 

@@ -209,7 +209,7 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
             (`keras_adapterfusion.serving.graph_tokenizers`): `False` (the default: the export loads
             wherever TensorFlow loads), `True` (needs `tensorflow-text` to export, and its ops
             wherever the SavedModel is loaded; see docs/serving.md), or `"auto"` (when the
-            tokenizer is WordPiece or SentencePiece and `tensorflow-text` is installed).
+            tokenizer is WordPiece, SentencePiece or ALBERT's unigram and `tensorflow-text` is installed).
         max_length: truncation length (special tokens included) of the raw-text signatures,
             recorded in `label_map.json` for clients that tokenize in Python; pass the length
             the model was trained with.
@@ -377,7 +377,7 @@ def _text_tokenizer(asset_files, text_signatures, max_length):
             import tensorflow_text  # noqa: F401
         except ImportError:
             return None
-        if tokenizer_family(directory) not in ("wordpiece", "sentencepiece"):
+        if tokenizer_family(directory) not in ("wordpiece", "sentencepiece", "unigram"):
             return None
     return graph_tokenizer(directory, max_length=max_length)
 
