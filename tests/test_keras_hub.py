@@ -26,6 +26,10 @@ BACKBONES = {
     "ElectraBackbone": lambda: keras_hub.models.ElectraBackbone(
         vocab_size=100, num_layers=2, num_heads=4, hidden_dim=64, embedding_dim=32, intermediate_dim=128,
         max_sequence_length=16),
+    # Two groups of one layer, each run twice (ALBERT's sharing), narrower embeddings.
+    "AlbertBackbone": lambda: keras_hub.models.AlbertBackbone(
+        vocabulary_size=100, num_layers=4, num_groups=2, num_heads=4, embedding_dim=32, hidden_dim=64,
+        intermediate_dim=128, max_sequence_length=16),
 }
 
 
@@ -66,7 +70,7 @@ def check(name, backbone, encoder):
         errors["pooler_output"] = max_abs(ours["pooler_output"], reference["pooler_output"])
     print(name, errors)
     assert_parity(f"from_keras_hub({name})", errors,
-                  bounds_for(reference, list(errors), "float32", encoder.num_layers, encoder.hidden_size))
+                  bounds_for(reference, list(errors), "float32", encoder.depth, encoder.hidden_size))
     return errors
 
 
@@ -75,15 +79,16 @@ def test_outputs_equal_keras_hub(name):
     backbone = perturbed(BACKBONES[name])
     encoder = from_keras_hub(backbone)
     assert check(name, backbone, encoder)
-    assert encoder.use_pooler == (name in ("BertBackbone", "ElectraBackbone"))
-    assert (encoder.embedding_size is not None) == (name == "ElectraBackbone")
+    assert encoder.use_pooler == (name in ("BertBackbone", "ElectraBackbone", "AlbertBackbone"))
+    assert (encoder.embedding_size is not None) == (name in ("ElectraBackbone", "AlbertBackbone"))
+    assert encoder.block_order() == ([0, 0, 1, 1] if name == "AlbertBackbone" else [0, 1])
     # Adapters and fusion go on as on any encoder; near-identity adapters leave the outputs close.
     encoder.add_adapter("a", "seq_bn")
     encoder.add_adapter("b", "seq_bn")
     encoder.add_fusion(["a", "b"])
     ids, mask, _ = inputs()
     out = encoder({"input_ids": ids, "attention_mask": mask}, adapter_setup=["a", "b"])
-    assert ops.convert_to_numpy(out["fusion_attentions"]).shape == (2, 3, 9, 2)
+    assert ops.convert_to_numpy(out["fusion_attentions"]).shape == (encoder.depth, 3, 9, 2)
 
 
 def test_a_preset_directory_loads(tmp_path):
@@ -93,10 +98,16 @@ def test_a_preset_directory_loads(tmp_path):
 
 
 def test_unsupported_backbones_and_missing_presets_are_named(tmp_path):
-    albert = keras_hub.models.AlbertBackbone(vocabulary_size=50, num_layers=1, num_heads=2, embedding_dim=8,
-                                             hidden_dim=16, intermediate_dim=32, max_sequence_length=8)
-    with pytest.raises(CheckpointError, match=r"got a AlbertBackbone; expected one of \['BertBackbone'"):
-        from_keras_hub(albert)
+    deberta = keras_hub.models.DebertaV3Backbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+                                                 intermediate_dim=32, max_sequence_length=8)
+    with pytest.raises(CheckpointError, match=r"got a DebertaV3Backbone; expected one of \['AlbertBackbone'"):
+        from_keras_hub(deberta)
+    albert = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+                  max_sequence_length=8)
+    with pytest.raises(CheckpointError, match=r"num_inner_repetitions 2; expected 1"):
+        from_keras_hub(keras_hub.models.AlbertBackbone(embedding_dim=8, num_inner_repetitions=2, **albert))
+    with pytest.raises(CheckpointError, match=r"embedding_dim equals its hidden_dim 16"):
+        from_keras_hub(keras_hub.models.AlbertBackbone(embedding_dim=16, **albert))
     with pytest.raises(CheckpointError, match="no keras-hub preset"):
         from_keras_hub(str(tmp_path))
 

@@ -1,24 +1,27 @@
 """Encoders from keras-hub backbones: `from_keras_hub(backbone_or_preset_dir)`.
 
-A keras-hub `BertBackbone`, `RobertaBackbone`, `XLMRobertaBackbone`, `DistilBertBackbone` or `ElectraBackbone`
-(an object, or a preset directory written by `save_to_preset`) becomes this package's `TransformerEncoder`
+A keras-hub `BertBackbone`, `RobertaBackbone`, `XLMRobertaBackbone`, `DistilBertBackbone`, `ElectraBackbone` or
+`AlbertBackbone` (an object, or a preset directory written by `save_to_preset`) becomes this package's `TransformerEncoder`
 with the same weights and the same function, so that adapters and fusion can be added to a model fine-tuned
 in keras-hub. Each backbone class has one key table here (like `backbones.converters` for Hugging Face
 checkpoints), and the one weight loader (`keras_adapterfusion.io.load_weights`) checks and assigns every tensor.
 
 What is carried over, and what is not:
 
-- every weight of the backbone (embeddings, each block, ELECTRA's embedding projection, the pooler of BERT and
-  ELECTRA), its dropout rate, LayerNorm epsilon, activation (keras-hub's BERT and ELECTRA use the tanh form of
-  GELU, `"gelu_new"` here; RoBERTa, XLM-R and DistilBERT the exact one) and position table;
+- every weight of the backbone (embeddings, each block, the embedding projection of ELECTRA and ALBERT, the
+  pooler of BERT, ELECTRA and ALBERT), its dropout rate, LayerNorm epsilon, activation (keras-hub's BERT,
+  ELECTRA and ALBERT use the tanh form of GELU, `"gelu_new"` here; RoBERTa, XLM-R and DistilBERT the exact
+  one) and position table;
+- ALBERT's sharing: one block per group (`num_inner_repetitions` must be 1), run `num_layers / num_groups`
+  times (`TransformerEncoder.depth`), with adapters placed as AdapterHub places them in ALBERT;
 - keras-hub's RoBERTa and XLM-R count positions from 0 for every token (their converters drop the two rows that
   Hugging Face's RoBERTa skips), so the encoder uses absolute positions (`position_style="absolute"`), not
   Hugging Face's padding-aware RoBERTa positions, and has no token-type table, as keras-hub's has none;
-- keras-hub applies dropout after every attention output, DistilBERT included, and so does the encoder;
+- keras-hub applies dropout after every attention output and feed-forward, DistilBERT and ALBERT included,
+  and so does the encoder;
 - not carried over: task heads (take `backbone`, not the task model), the preprocessor and tokenizer (tokenize
   with the keras-hub preprocessor, or pass `token_ids` as `input_ids` and `padding_mask` as `attention_mask`),
-  and LoRA or quantization state. ALBERT and DeBERTa-v3 backbones are refused: this package has no encoder for
-  them yet.
+  and LoRA or quantization state. DeBERTa-v3 backbones are refused: this package has no encoder for them yet.
 
 Example:
 
@@ -38,6 +41,7 @@ import os
 import keras
 import numpy as np
 
+from keras_adapterfusion.backbones.converters import KeyStyle, block_rows, layer_rows
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io.weights import WeightRow, load_weights
@@ -49,6 +53,7 @@ BACKBONES = {
     "RobertaBackbone": ("roberta", "token_and_position", False),
     "XLMRobertaBackbone": ("xlm-roberta", "token_and_position", False),
     "DistilBertBackbone": ("distilbert", "token_and_position", False),
+    "AlbertBackbone": ("albert", "segments", True),
 }
 
 
@@ -98,23 +103,37 @@ def _embedding_tensors(backbone, layout):
     return out
 
 
-def _block_tensors(i, layer, hidden):
-    """One keras-hub `TransformerEncoder`'s tensors, in this package's shapes (the attention's
-    `EinsumDense` kernels `[hidden, heads, head_dim]` and `[heads, head_dim, hidden]` as `[hidden, hidden]`)."""
-    attention = layer._self_attention_layer
+# keras-hub's key style (its variables' own names) and a block's parts, in `TransformerBlock.base_layers`
+# order: this package's name for each (the key) and where a keras-hub `TransformerEncoder` keeps it, with
+# the attention's `EinsumDense` kernels (`[hidden, heads, head_dim]`, `[heads, head_dim, hidden]`) flattened
+# to `[hidden, hidden]` (`"in"`: keep the input axis, `"out"`: keep the output axis).
+KERAS_HUB_KEYS = KeyStyle(dense=(".kernel", ".bias"), norm=(".gamma", ".beta"), kernel_transform=None)
+BLOCK_PARTS = (
+    ("query", lambda layer: layer._self_attention_layer._query_dense, "in"),
+    ("key", lambda layer: layer._self_attention_layer._key_dense, "in"),
+    ("value", lambda layer: layer._self_attention_layer._value_dense, "in"),
+    ("attention_output", lambda layer: layer._self_attention_layer._output_dense, "out"),
+    ("attention_norm", lambda layer: layer._self_attention_layer_norm, None),
+    ("intermediate", lambda layer: layer._feedforward_intermediate_dense, None),
+    ("output", lambda layer: layer._feedforward_output_dense, None),
+    ("output_norm", lambda layer: layer._feedforward_layer_norm, None),
+)
+
+
+def _block_tensors(i, layer):
+    """One keras-hub `TransformerEncoder`'s tensors, keyed and shaped as `keras_hub_rows` expects them."""
     out = {}
-    for part, dense in (("query", attention._query_dense), ("key", attention._key_dense),
-                        ("value", attention._value_dense)):
-        out[f"{i}.{part}.kernel"] = _array(dense.kernel).reshape(hidden, hidden)
-        out[f"{i}.{part}.bias"] = _array(dense.bias).reshape(hidden)
-    out[f"{i}.attention_output.kernel"] = _array(attention._output_dense.kernel).reshape(hidden, hidden)
-    out[f"{i}.attention_output.bias"] = _array(attention._output_dense.bias).reshape(hidden)
-    for name, part in (("attention_norm", layer._self_attention_layer_norm),
-                       ("output_norm", layer._feedforward_layer_norm)):
-        out[f"{i}.{name}.gamma"], out[f"{i}.{name}.beta"] = _array(part.gamma), _array(part.beta)
-    for name, part in (("intermediate", layer._feedforward_intermediate_dense),
-                       ("output", layer._feedforward_output_dense)):
-        out[f"{i}.{name}.kernel"], out[f"{i}.{name}.bias"] = _array(part.kernel), _array(part.bias)
+    for name, part_of, flatten in BLOCK_PARTS:
+        part = part_of(layer)
+        if isinstance(part, keras.layers.LayerNormalization):
+            out[f"{i}.{name}.gamma"], out[f"{i}.{name}.beta"] = _array(part.gamma), _array(part.beta)
+            continue
+        kernel, bias = _array(part.kernel), _array(part.bias)
+        if flatten == "in":
+            kernel, bias = kernel.reshape(kernel.shape[0], -1), bias.reshape(-1)
+        elif flatten == "out":
+            kernel = kernel.reshape(-1, kernel.shape[-1])
+        out[f"{i}.{name}.kernel"], out[f"{i}.{name}.bias"] = kernel, bias
     return out
 
 
@@ -125,26 +144,22 @@ def keras_hub_rows(encoder):
     if emb.token_type_embeddings is not None:
         tables.append(("segment_embedding", emb.token_type_embeddings))
     rows = [WeightRow(k, tuple(t.embeddings.shape), t.embeddings) for k, t in tables]
-    rows += [WeightRow("embeddings_layer_norm.gamma", tuple(emb.norm.gamma.shape), emb.norm.gamma),
-             WeightRow("embeddings_layer_norm.beta", tuple(emb.norm.beta.shape), emb.norm.beta)]
-    dense = []
+    rows += layer_rows("embeddings_layer_norm", emb.norm, KERAS_HUB_KEYS)
     if encoder.embedding_projection is not None:
-        dense.append(("embeddings_projection", encoder.embedding_projection))
+        rows += layer_rows("embeddings_projection", encoder.embedding_projection, KERAS_HUB_KEYS)
     if encoder.use_pooler:
-        dense.append(("pooled_dense", encoder.pooler))
-    for i, block in enumerate(encoder.blocks):
-        dense += [(f"{i}.{name}", getattr(block, attr)) for name, attr in (
-            ("query", "query_dense"), ("key", "key_dense"), ("value", "value_dense"),
-            ("attention_output", "attention_output_dense"), ("intermediate", "intermediate_dense"),
-            ("output", "output_dense"))]
-        for name in ("attention_norm", "output_norm"):
-            norm = getattr(block, name)
-            rows += [WeightRow(f"{i}.{name}.gamma", tuple(norm.gamma.shape), norm.gamma),
-                     WeightRow(f"{i}.{name}.beta", tuple(norm.beta.shape), norm.beta)]
-    for key, layer in dense:
-        rows += [WeightRow(f"{key}.kernel", tuple(layer.kernel.shape), layer.kernel),
-                 WeightRow(f"{key}.bias", tuple(layer.bias.shape), layer.bias)]
-    return rows
+        rows += layer_rows("pooled_dense", encoder.pooler, KERAS_HUB_KEYS)
+    return rows + block_rows(encoder, "{i}.", [name for name, _, _ in BLOCK_PARTS], KERAS_HUB_KEYS)
+
+
+def _blocks(backbone, kind):
+    """The backbone's blocks, one per weight set: ALBERT's groups (one layer each), or every layer."""
+    if kind != "AlbertBackbone":
+        return list(backbone.transformer_layers)
+    if backbone.num_inner_repetitions != 1:
+        raise CheckpointError(f"from_keras_hub: the AlbertBackbone has num_inner_repetitions "
+                              f"{backbone.num_inner_repetitions}; expected 1 (one layer per group).")
+    return [group[0] for group in backbone.transformer_layers]
 
 
 def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
@@ -152,7 +167,7 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
 
     Args:
         backbone_or_preset_dir: a keras-hub `BertBackbone`, `RobertaBackbone`, `XLMRobertaBackbone`,
-            `DistilBertBackbone` or `ElectraBackbone`, or a preset directory one was saved to with
+            `DistilBertBackbone`, `ElectraBackbone` or `AlbertBackbone`, or a preset directory one was saved to with
             `save_to_preset` (read offline).
         dtype: a Keras dtype policy name for the encoder (default: the global policy).
         **overrides: other `TransformerEncoder` arguments (e.g. `hidden_dropout=0.0`).
@@ -160,24 +175,29 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
     Returns:
         A built `TransformerEncoder` (its `model_type` the backbone's family) whose outputs for
         `{"input_ids": token_ids, "attention_mask": padding_mask, "token_type_ids": segment_ids}` equal the
-        backbone's `sequence_output` (and `pooled_output` as `pooler_output`, for BERT and ELECTRA).
+        backbone's `sequence_output` (and `pooled_output` as `pooler_output`, for BERT, ELECTRA and ALBERT).
 
     Raises:
-        CheckpointError: the object is not one of the supported backbones (ALBERT and DeBERTa-v3 are named
-            as not supported yet), or the preset directory does not load.
+        CheckpointError: the object is not one of the supported backbones (DeBERTa-v3 is named as not
+            supported yet), an ALBERT with more than one layer per group or embeddings as wide as its
+            hidden states, or the preset directory does not load.
     """
     backbone = _backbone(backbone_or_preset_dir)
     kind = type(backbone).__name__
     if kind not in BACKBONES:
-        raise CheckpointError(f"from_keras_hub: got a {kind}; expected one of {sorted(BACKBONES)} (ALBERT and "
-                              "DeBERTa-v3 backbones have no encoder here yet).")
+        raise CheckpointError(f"from_keras_hub: got a {kind}; expected one of {sorted(BACKBONES)} (DeBERTa-v3 "
+                              "backbones have no encoder here yet).")
     model_type, layout, pooler = BACKBONES[kind]
     hidden = backbone.hidden_dim
-    layers = backbone.transformer_layers
+    layers = _blocks(backbone, kind)
+    albert = model_type == "albert"
+    if albert and backbone.embedding_dim == hidden:
+        raise CheckpointError(f"from_keras_hub: the AlbertBackbone's embedding_dim equals its hidden_dim {hidden}; "
+                              "expected a narrower embedding_dim (the encoder projects only narrower embeddings).")
     kwargs = dict(
         vocab_size=getattr(backbone, "vocabulary_size", None) or backbone.vocab_size,  # ELECTRA: vocab_size
         hidden_size=hidden,
-        num_layers=backbone.num_layers,
+        num_layers=len(layers),
         num_heads=backbone.num_heads,
         intermediate_size=backbone.intermediate_dim,
         hidden_act=_activation_name(layers[0].activation),
@@ -191,6 +211,8 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
         embedding_size=getattr(backbone, "embedding_dim", None),
         model_type=model_type,
     )
+    if albert:  # one block per group, run num_layers / num_groups times; adapters where AdapterHub puts them
+        kwargs.update(depth=backbone.num_layers, swap_attention_slot_inputs=True)
     kwargs.update(overrides)
     epsilons = {float(layer._self_attention_layer_norm.epsilon) for layer in layers}
     if epsilons != {kwargs["layer_norm_epsilon"]}:
@@ -198,7 +220,7 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
                               f"embeddings' {kwargs['layer_norm_epsilon']}; expected one epsilon.")
     tensors = _embedding_tensors(backbone, layout)
     for i, layer in enumerate(layers):
-        tensors.update(_block_tensors(i, layer, hidden))
+        tensors.update(_block_tensors(i, layer))
     for key, layer in (("embeddings_projection", getattr(backbone, "embeddings_projection", None)),
                        ("pooled_dense", getattr(backbone, "pooled_dense", None) if pooler else None)):
         if layer is not None:
