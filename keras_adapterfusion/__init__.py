@@ -48,6 +48,7 @@ _LAZY = {
     "AdapterSetup": "keras_adapterfusion.layers",
     "BottleneckAdapter": "keras_adapterfusion.layers",
     "ClassificationHead": "keras_adapterfusion.layers",
+    "DisentangledBlock": "keras_adapterfusion.layers",
     "MultipleChoiceHead": "keras_adapterfusion.layers",
     "TextEmbeddings": "keras_adapterfusion.layers",
     "TokenClassificationHead": "keras_adapterfusion.layers",

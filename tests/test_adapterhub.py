@@ -253,7 +253,8 @@ def _file_tensors(directory):
 
 @pytest.mark.parametrize("case", ["tiny_seqbn_dynamic", "custom_fields_dynamic", "houlsby_static",
                                   "distilbert_seqbn_dynamic", "distilbert_houlsby_static", "electra_houlsby_dynamic",
-                                  "albert_seqbn_dynamic", "albert_houlsby_static"])
+                                  "albert_seqbn_dynamic", "albert_houlsby_static", "deberta_seqbn_dynamic",
+                                  "deberta_houlsby_static"])
 def test_export_round_trip_matches_adapterhub_files(case, tmp_path):
     if case == "tiny_seqbn_dynamic":
         directory, names, base = FUSION_CASE, CASE_NAMES, TINY_BERT

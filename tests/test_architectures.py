@@ -17,7 +17,7 @@ from keras import ops
 from conftest import BACKBONES, max_abs
 from keras_adapterfusion import builders, load_encoder
 
-TYPES = ["tiny-bert", "tiny-roberta", "tiny-distilbert", "tiny-electra", "tiny-albert"]
+TYPES = ["tiny-bert", "tiny-roberta", "tiny-distilbert", "tiny-electra", "tiny-albert", "tiny-deberta-v2"]
 
 
 def batch(encoder, seed=0):

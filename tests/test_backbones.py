@@ -28,7 +28,7 @@ SENTENCES = [
 
 # One tiny checkpoint per supported model type (tests/fixtures/README.md says which script wrote each).
 TINY_CHECKPOINTS = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-electra",
-                    "tiny-albert"]
+                    "tiny-albert", "tiny-deberta-v2"]
 
 
 def check_parity(case, encoder, ref, dtype="float32"):
@@ -315,6 +315,37 @@ def test_albert_shares_its_block_and_checks_its_groups(tmp_path):
     assert two.block_order() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match=r"TransformerEncoder.depth: got 3; expected a multiple of num_layers 2"):
         TransformerEncoder(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, depth=3)
+
+
+def test_deberta_log_buckets_equal_transformers_formula():
+    """`log_bucket_positions` against `transformers`' `make_log_bucket_position` transcribed in numpy float32,
+    for every distance up to 600 and the bucket settings of the tiny checkpoint and of DeBERTa-v3 (256, 512)."""
+    from keras_adapterfusion.layers.disentangled_block import log_bucket_positions
+
+    relative = np.arange(-600, 601, dtype="int32")
+    for buckets, max_position in ((8, 130), (256, 512), (16, 64)):
+        mid = buckets // 2
+        sign = np.sign(relative)
+        distance = np.where((relative < mid) & (relative > -mid), mid - 1, np.abs(relative)).astype("float32")
+        scale = np.log(np.float32((max_position - 1) / mid))
+        log_position = np.ceil(np.log(distance / np.float32(mid)) / scale * np.float32(mid - 1)) + mid
+        expected = np.where(distance <= mid, relative, (log_position * sign).astype("int32"))
+        got = ops.convert_to_numpy(log_bucket_positions(ops.convert_to_tensor(relative), buckets, max_position))
+        np.testing.assert_array_equal(got, expected, err_msg=str((buckets, max_position)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("conv_kernel_size", 3, r"field 'conv_kernel_size' is 3; expected 0"),
+    ("share_att_key", False, r"field 'share_att_key' is False; expected true"),
+    ("pos_att_type", ["p2p"], r"field 'pos_att_type' is \['p2p'\]; expected a list of 'c2p' and 'p2c'"),
+    ("relative_attention", False, r"field 'relative_attention' is False"),
+    ("embedding_size", 32, r"field 'embedding_size' is 32; expected hidden_size 64"),
+])
+def test_deberta_settings_it_does_not_compute_are_refused(tmp_path, field, value, message):
+    shutil.copytree(os.path.join(BACKBONES, "tiny-deberta-v2"), tmp_path / "d")
+    _edit_config(tmp_path / "d", **{field: value})
+    with pytest.raises(CheckpointError, match=message):
+        load_encoder(str(tmp_path / "d"))
 
 
 def test_tanh_gelu_is_float64_accurate(request):

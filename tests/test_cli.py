@@ -302,7 +302,7 @@ def test_sentence_pairs_from_training_to_a_prediction(tmp_path, capsys):
         client.predict_local(["a single text"])
 
 
-@pytest.mark.parametrize("name", ["tiny-distilbert", "tiny-electra", "tiny-albert"])
+@pytest.mark.parametrize("name", ["tiny-distilbert", "tiny-electra", "tiny-albert", "tiny-deberta-v2"])
 def test_adapters_and_fusion_train_on_each_tiny_encoder_type(name, tmp_path, capsys):
     """train-adapter twice and fuse on a tiny checkpoint of each newer model type (its own tokenizer), then
     export --run-dir with the raw-text signature and predict from the export."""

@@ -10,6 +10,7 @@ from conftest import BACKBONES, FIXTURES, minilm_dir
 pytestmark = pytest.mark.tensorflow_only
 XLMR_STYLE = os.path.join(FIXTURES, "xlmr_style_tokenizer")
 ALBERT = os.path.join(BACKBONES, "tiny-albert")
+DEBERTA = os.path.join(BACKBONES, "tiny-deberta-v2")
 
 
 def corpora():
@@ -100,19 +101,22 @@ def test_sentencepiece_graph_equals_the_python_tokenizers_up_to_ties():
             assert "".join(a) == "".join(b) and sorted(a) == sorted(b), (label, texts[i], a, b)
 
 
-def test_albert_unigram_graph_equals_the_python_tokenizer_up_to_ties():
-    """ALBERT's tokenizer (the tiny checkpoint's `spiece.model`, Hugging Face's normalizer steps before it):
-    the same ids on every offline text except ties between equal-score segmentations, as above."""
+@pytest.mark.parametrize("directory", [ALBERT, DEBERTA], ids=["albert", "deberta-v2"])
+def test_unigram_graph_equals_the_python_tokenizer_up_to_ties(directory):
+    """ALBERT's and DeBERTa-v3's tokenizers (the tiny checkpoints' `spiece.model` / `spm.model`, Hugging Face's
+    normalizer steps before them): the same ids on every offline text except ties between equal-score
+    segmentations, as above."""
     from keras_adapterfusion.backbones import load_tokenizer
     from keras_adapterfusion.serving.graph_tokenizers import graph_tokenizer, tokenizer_family
 
-    assert tokenizer_family(ALBERT) == "unigram"
-    tokenizer = load_tokenizer(ALBERT)
-    assert type(tokenizer).__name__.startswith("AlbertTokenizer"), type(tokenizer)
+    assert tokenizer_family(directory) == "unigram"
+    tokenizer = load_tokenizer(directory)
+    expected = "AlbertTokenizer" if directory == ALBERT else "DebertaV2Tokenizer"
+    assert type(tokenizer).__name__.startswith(expected), type(tokenizer)
     # Hugging Face keeps special tokens written in the text whole; the graph splits them (as for WordPiece).
     texts = corpora() + [t for t in EDGE_CASES if not t.startswith("[CLS]")]
     python = tokenizer(texts, truncation=True, max_length=64)["input_ids"]
-    graph = graph_ids(graph_tokenizer(ALBERT, max_length=64), texts)
+    graph = graph_ids(graph_tokenizer(directory, max_length=64), texts)
     different = [i for i, (a, b) in enumerate(zip(graph, python)) if a != b]
     print(f"graph vs Hugging Face: {len(different)} of {len(texts)} texts segmented differently (ties)")
     assert len(different) < 0.001 * len(texts), len(different)
@@ -133,7 +137,7 @@ def test_albert_normalizers_other_than_its_own_are_refused(tmp_path):
     spec = json.loads(path.read_text())
     spec["normalizer"]["normalizers"].insert(0, {"type": "NFC"})
     path.write_text(json.dumps(spec))
-    with pytest.raises(ExportError, match=r"normalizer steps \[\('NFC', None\).*expected ALBERT's"):
+    with pytest.raises(ExportError, match=r"normalizer steps \[\('NFC', None\).*expected those of ALBERT"):
         graph_tokenizer(str(tmp_path / "a"))
 
 
@@ -202,7 +206,7 @@ def test_wordpiece_pair_graph_equals_the_python_tokenizer(max_length):
     assert {len(ids) for ids, _ in graph} >= {max_length}
 
 
-@pytest.mark.parametrize("directory", [XLMR_STYLE, ALBERT], ids=["xlmr", "albert"])
+@pytest.mark.parametrize("directory", [XLMR_STYLE, ALBERT, DEBERTA], ids=["xlmr", "albert", "deberta-v2"])
 @pytest.mark.parametrize("max_length", [5, 12, 64])
 def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length, directory):
     """XLM-R's pair layout `<s> a </s></s> b </s>`, token types 0, and ALBERT's `[CLS] a [SEP] b [SEP]`, token

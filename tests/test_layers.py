@@ -297,6 +297,17 @@ def battery_cases():
                        swap_attention_slot_inputs=True, model_type="albert", adapters=houlsby,
                        fusions={"a,b": {"adapters": ["a", "b"], "config": FusionConfig().to_dict(), "name": None}}),
                   encoder_inputs, {"adapter_setup": ["a", "b"]}, may_stay=KEY_BIAS),
+        # DeBERTa-v3's: disentangled attention over 4 log-bucketed relative positions (normalized relative
+        # embeddings), no position or token-type table, padding zeroed in the embeddings; fusing two adapters.
+        LayerCase("encoder-deberta-relative-fusion", TransformerEncoder,
+                  dict(encoder, num_layers=1, type_vocab_size=0, position_style="none", use_pooler=False,
+                       zero_padding_embeddings=True, model_type="deberta-v2",
+                       relative_attention={"position_buckets": 4, "max_relative_positions": 8,
+                                           "types": ["c2p", "p2c"], "normalize": True},
+                       adapters={n: AdapterConfig().to_dict() for n in ("a", "b")},
+                       fusions={"a,b": {"adapters": ["a", "b"], "config": FusionConfig().to_dict(), "name": None}}),
+                  {"inputs": {"input_ids": _ids(), "attention_mask": _mask()}}, {"adapter_setup": ["a", "b"]},
+                  may_stay=KEY_BIAS),
     ]
     for case in cases:
         case.fit_run_eagerly = case.id not in COMPILED_FIT

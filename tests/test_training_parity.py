@@ -56,11 +56,12 @@ from parity import EPS32, assert_parity, bounds_for, float32_bound, float64_boun
 
 REFERENCE = os.path.join(FIXTURES, "training_reference")
 CASES = ["st_a_seq_bn", "st_a_double_seq_bn", "fusion_dynamic", "fusion_static", "distilbert_fusion_dynamic",
-         "electra_fusion_dynamic", "albert_fusion_dynamic"]
+         "electra_fusion_dynamic", "albert_fusion_dynamic", "deberta_fusion_dynamic"]
 OPTIMIZERS = ["sgd", "adamw"]
 # Every case's base has the shape of tiny-bert (2 blocks of width 64), which the bounds use.
 LAYERS, HIDDEN = base_shape(TINY_BERT)
-assert all(base_shape(os.path.join(BACKBONES, b)) == (LAYERS, HIDDEN) for b in ("tiny-distilbert", "tiny-electra", "tiny-albert"))
+assert all(base_shape(os.path.join(BACKBONES, b)) == (LAYERS, HIDDEN) for b in ("tiny-distilbert", "tiny-electra", "tiny-albert",
+                                                                      "tiny-deberta-v2"))
 
 # The gradients of steps 2 and 3 are taken to be within GRADIENT_DRIFT x the magnitude of step 1's
 # (the weights move by ~lr per step; measured, the losses change by under 3%).

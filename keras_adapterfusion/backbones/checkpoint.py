@@ -19,7 +19,7 @@ from keras_adapterfusion.configs import ACTIVATIONS
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io.files import json_field, read_json
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "deberta-v2")
 # Model types whose configs name their fields otherwise: BERT's name -> the file's.
 FIELD_NAMES = {
     "distilbert": {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
@@ -123,7 +123,9 @@ def read_hf_config(directory):
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         field(key, int, check=_positive_int, expected="an integer >= 1")
     field("max_position_embeddings", int, default=512, check=_positive_int, expected="an integer >= 1")
-    if model_type != "distilbert":  # DistilBERT has no token-type table
+    if model_type == "deberta-v2":  # DeBERTa-v3 has no token-type table (0)
+        field("type_vocab_size", int, default=0, check=lambda v: v >= 0, expected="an integer >= 0")
+    elif model_type != "distilbert":  # DistilBERT has no token-type table
         field("type_vocab_size", int, default=2, check=_positive_int, expected="an integer >= 1")
     if model_type in FACTORIZED_TYPES:
         field("embedding_size", int, default=None if model_type == "electra" else 128, check=_positive_int,
@@ -150,7 +152,10 @@ def read_hf_config(directory):
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         field(key, float, default=0.1, check=_rate, expected="a rate in [0, 1)")
     if model_type != "distilbert":  # DistilBERT's LayerNorm epsilon is fixed at 1e-12
-        field("layer_norm_eps", float, default=1e-12, check=lambda v: v > 0, expected="a number > 0")
+        field("layer_norm_eps", float, default=1e-7 if model_type == "deberta-v2" else 1e-12, check=lambda v: v > 0,
+              expected="a number > 0")
+    if model_type == "deberta-v2":
+        _check_deberta(config, path, fields)
     field("pad_token_id", (int, type(None)), default=None, check=lambda v: v is None or v >= 0,
           expected="an integer >= 0 or null")
     position_type = config.get("position_embedding_type", "absolute")
@@ -164,6 +169,31 @@ def read_hf_config(directory):
                               f"expected more than pad_token_id + 1 = {pad + 1} (RoBERTa positions start there).")
     # Under BERT's names too, where the file names a field otherwise.
     return {**config, **{k: config[n] for k, n in names.items() if n in config}}
+
+
+def _check_deberta(config, path, fields):
+    """DeBERTa-v2/v3's attention settings: what the encoder computes (v3's layout, and v2's without its
+    convolution), every other setting refused with the field named."""
+    def require(key, default, check, expected):
+        value = config.get(key, default)
+        if not check(value):
+            raise CheckpointError(f"{path}: field {key!r} is {value!r}; expected {expected}.")
+        return value
+
+    require("relative_attention", False, lambda v: v is True, "true (relative attention, as DeBERTa-v2/v3 use it)")
+    require("share_att_key", False, lambda v: v is True, "true (position projections shared with the content's)")
+    require("pos_att_type", None, lambda v: isinstance(v, list) and set(v) <= {"c2p", "p2c"},
+            "a list of 'c2p' and 'p2c'")
+    require("position_buckets", -1, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+    require("max_relative_positions", -1, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+    require("norm_rel_ebd", "none", lambda v: isinstance(v, str) and
+            {x.strip() for x in v.lower().split("|")} <= {"none", "layer_norm"}, "'layer_norm' or 'none'")
+    require("conv_kernel_size", 0, lambda v: v == 0, "0 (DeBERTa-v2's convolution layer is not supported)")
+    require("position_biased_input", True, lambda v: isinstance(v, bool), "true or false")
+    require("embedding_size", fields["hidden_size"], lambda v: v == fields["hidden_size"],
+            f"hidden_size {fields['hidden_size']} (a narrower embedding is not supported)")
+    require("attention_head_size", fields["hidden_size"] // fields["num_attention_heads"],
+            lambda v: v == fields["hidden_size"] // fields["num_attention_heads"], "hidden_size / num_attention_heads")
 
 
 def encoder_kwargs_from_hf_config(config):
@@ -193,6 +223,19 @@ def encoder_kwargs_from_hf_config(config):
         kwargs["embedding_size"] = embedding_size
     if distilbert:
         kwargs["attention_output_dropout"] = False  # DistilBERT drops out only after the feed-forward
+    if model_type == "deberta-v2":
+        kwargs.update(
+            type_vocab_size=config.get("type_vocab_size", 0),
+            layer_norm_epsilon=config.get("layer_norm_eps", 1e-7),
+            position_style="absolute" if config.get("position_biased_input", True) else "none",
+            zero_padding_embeddings=True,
+            relative_attention={
+                "position_buckets": config.get("position_buckets", -1),
+                "max_relative_positions": config.get("max_relative_positions", -1),
+                "types": list(config.get("pos_att_type") or []),
+                "normalize": "layer_norm" in config.get("norm_rel_ebd", "none").lower(),
+            },
+        )
     if albert:
         kwargs["feed_forward_dropout"] = False  # ALBERT drops out only after the attention projection
         kwargs["swap_attention_slot_inputs"] = True  # where AdapterHub's ALBERT puts its mh adapter

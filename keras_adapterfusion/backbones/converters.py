@@ -15,6 +15,7 @@ beside the encoder in full checkpoints. Reading files and checking tensors is
 | `roberta`, `xlm-roberta` | `roberta.` | `bert_rows` (positions differ, see `TextEmbeddings`) | as BERT |
 | `electra` | `electra.` | `bert_rows` (+ `embeddings_project` when `embedding_size` differs) | as BERT |
 | `distilbert` | `distilbert.` | `distilbert_rows` | `transformer.layer.{i}.attention_adapters.`, `transformer.layer.{i}.output_adapters.` |
+| `deberta-v2` (v2 and v3) | `deberta.` | `deberta_rows` (+ `encoder.rel_embeddings`, `encoder.LayerNorm`) | as BERT |
 | `albert` | `albert.` | `albert_rows` (block `i` is layer group `i`, shared by its layers) | `encoder.albert_layer_groups.{i}.albert_layers.0.attention.attention_adapters.`, `encoder.albert_layer_groups.{i}.albert_layers.0.output_adapters.` |
 """
 
@@ -51,7 +52,9 @@ def layer_rows(key, layer, style=HF_KEYS):
 
 def _embedding_rows(encoder):
     emb = encoder.embeddings
-    tables = [("word_embeddings", emb.word_embeddings), ("position_embeddings", emb.position_embeddings)]
+    tables = [("word_embeddings", emb.word_embeddings)]
+    if emb.position_embeddings is not None:
+        tables.append(("position_embeddings", emb.position_embeddings))
     if emb.token_type_embeddings is not None:
         tables.append(("token_type_embeddings", emb.token_type_embeddings))
     rows = [WeightRow(f"embeddings.{k}.weight", tuple(t.embeddings.shape), t.embeddings) for k, t in tables]
@@ -102,6 +105,18 @@ def albert_rows(encoder):
     return rows
 
 
+def deberta_rows(encoder):
+    """`WeightRow`s of a DeBERTa-v2/v3 encoder, keys without the `deberta.` prefix."""
+    rows = _embedding_rows(encoder)
+    rows.append(WeightRow("encoder.rel_embeddings.weight", tuple(encoder.relative_embeddings.embeddings.shape),
+                          encoder.relative_embeddings.embeddings))
+    if encoder.relative_norm is not None:
+        rows.extend(layer_rows("encoder.LayerNorm", encoder.relative_norm))
+    return rows + block_rows(encoder, "encoder.layer.{i}.", (
+        "attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense",
+        "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"))
+
+
 BERT_SLOTS = {"mh": "encoder.layer.{i}.attention.output.", "output": "encoder.layer.{i}.output."}
 # Task heads and pretraining heads beside the encoder in full checkpoints (not loaded).
 BERT_HEADS = ("cls.", "lm_head.", "classifier.", "qa_outputs.", "heads.", "score.")
@@ -138,4 +153,6 @@ CONVERTERS = {
         "AlbertAdapterModel",
         BERT_HEADS + ("predictions.", "sop_classifier."),
     ),
+    "deberta-v2": Converter("deberta.", deberta_rows, BERT_SLOTS, "DebertaV2AdapterModel",
+                            BERT_HEADS + ("lm_predictions.", "mask_predictions.", "pooler.")),
 }

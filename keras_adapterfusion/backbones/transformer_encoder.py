@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup, call_form
+from keras_adapterfusion.layers.disentangled_block import RELATIVE_TYPES, DisentangledBlock, relative_indices
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
 from keras_adapterfusion.layers.transformer_block import TransformerBlock
 from keras_adapterfusion.names import check_name
@@ -12,7 +13,8 @@ from keras_adapterfusion.names import check_name
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
 class TransformerEncoder(keras.layers.Layer):
-    """A BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT) whose blocks carry adapters and fusion.
+    """A BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, ALBERT, DeBERTa-v2/v3) whose blocks carry
+    adapters and fusion.
 
     Usually built from a Hugging Face checkpoint with
     `keras_adapterfusion.backbones.load_encoder`. Adapters and fusions are added
@@ -32,7 +34,8 @@ class TransformerEncoder(keras.layers.Layer):
         type_vocab_size: rows of the token-type table; 0 for none (DistilBERT).
         layer_norm_epsilon: LayerNorm epsilon.
         pad_token_id: padding id (RoBERTa positions depend on it).
-        position_style: `"absolute"` (BERT) or `"roberta"`.
+        position_style: `"absolute"` (BERT), `"roberta"`, or `"none"` (no position
+            table: DeBERTa-v3, whose attention sees relative positions).
         use_pooler: add the `tanh` pooler over the first token.
         embedding_size: width of the embedding tables when it differs from
             `hidden_size` (ELECTRA); a Dense layer projects them to `hidden_size`.
@@ -49,6 +52,13 @@ class TransformerEncoder(keras.layers.Layer):
             fusions (AdapterHub places adapters in ALBERT's shared layer, so they
             are shared too). `hidden_states` and `fusion_attentions` have one
             entry per pass.
+        relative_attention: `None`, or DeBERTa-v2/v3's disentangled attention:
+            a dict with `position_buckets` (log buckets of the distance, <= 0
+            for none), `max_relative_positions`, `types` (from `"c2p"`,
+            `"p2c"`) and `normalize` (a LayerNorm over the relative
+            embeddings). The blocks are then `DisentangledBlock`s sharing one
+            table of relative embeddings.
+        zero_padding_embeddings: zero the embeddings of padding tokens (DeBERTa).
         model_type: Hugging Face `model_type` this encoder mirrors.
         adapters: dict name -> `AdapterConfig` dict, added at construction.
         fusions: dict fusion key -> `{"adapters": [...], "config": {...}, "name": ...}`.
@@ -113,6 +123,8 @@ class TransformerEncoder(keras.layers.Layer):
         feed_forward_dropout=True,
         swap_attention_slot_inputs=False,
         depth=None,
+        relative_attention=None,
+        zero_padding_embeddings=False,
         model_type="bert",
         adapters=None,
         fusions=None,
@@ -144,6 +156,8 @@ class TransformerEncoder(keras.layers.Layer):
             raise ValueError(f"TransformerEncoder.depth: got {depth!r}; expected a multiple of num_layers "
                              f"{num_layers}.")
         self.depth = depth
+        self.relative_attention = self._check_relative(relative_attention, max_positions)
+        self.zero_padding_embeddings = zero_padding_embeddings
         self.model_type = model_type
         self.fusion_reference_form = fusion_reference_form
         self.checkpoint = checkpoint
@@ -156,6 +170,7 @@ class TransformerEncoder(keras.layers.Layer):
             position_style=position_style,
             layer_norm_epsilon=layer_norm_epsilon,
             dropout=hidden_dropout,
+            zero_padding=zero_padding_embeddings,
             dtype=self.dtype_policy,
             name="embeddings",
         )
@@ -167,8 +182,20 @@ class TransformerEncoder(keras.layers.Layer):
                 dtype=self.dtype_policy,
                 name="embedding_projection",
             )
+        block_class, extra = TransformerBlock, {}
+        self.relative_embeddings = self.relative_norm = None
+        if self.relative_attention is not None:
+            block_class, extra = DisentangledBlock, {"relative_types": self.relative_attention["types"]}
+            self.relative_embeddings = keras.layers.Embedding(
+                2 * self.relative_span(), hidden_size,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                dtype=self.dtype_policy, name="relative_embeddings",
+            )
+            if self.relative_attention["normalize"]:
+                self.relative_norm = keras.layers.LayerNormalization(
+                    epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="relative_norm")
         self.blocks = [
-            TransformerBlock(
+            block_class(
                 hidden_size=hidden_size,
                 num_heads=num_heads,
                 intermediate_size=intermediate_size,
@@ -183,6 +210,7 @@ class TransformerEncoder(keras.layers.Layer):
                 fusion_reference_form=fusion_reference_form,
                 dtype=self.dtype_policy,
                 name=f"block_{i}",
+                **extra,
             )
             for i in range(num_layers)
         ]
@@ -206,6 +234,10 @@ class TransformerEncoder(keras.layers.Layer):
         self.embeddings.build((None, None))
         if self.embedding_projection is not None:
             self.embedding_projection.build((None, None, self.embedding_size))
+        if self.relative_embeddings is not None:
+            self.relative_embeddings.build((None,))
+        if self.relative_norm is not None:
+            self.relative_norm.build((None, self.hidden_size))
         for block in self.blocks:
             block.build(shape)
         if self.use_pooler:
@@ -217,9 +249,35 @@ class TransformerEncoder(keras.layers.Layer):
         repeats = self.depth // self.num_layers
         return [i // repeats for i in range(self.depth)]
 
+    @staticmethod
+    def _check_relative(spec, max_positions):
+        if spec is None:
+            return None
+        known = {"position_buckets", "max_relative_positions", "types", "normalize"}
+        if not isinstance(spec, dict) or set(spec) - known:
+            raise ValueError(f"TransformerEncoder.relative_attention: got {spec!r}; expected None or a dict with "
+                             f"keys from {sorted(known)}.")
+        out = {"position_buckets": int(spec.get("position_buckets", -1)),
+               "max_relative_positions": int(spec.get("max_relative_positions", -1)),
+               "types": [t for t in RELATIVE_TYPES if t in spec.get("types", RELATIVE_TYPES)],
+               "normalize": bool(spec.get("normalize", True))}
+        if set(spec.get("types", RELATIVE_TYPES)) - set(RELATIVE_TYPES):
+            raise ValueError(f"TransformerEncoder.relative_attention: types {spec['types']!r}; expected names from "
+                             f"{list(RELATIVE_TYPES)}.")
+        if out["max_relative_positions"] < 1:
+            out["max_relative_positions"] = max_positions
+        return out
+
+    def relative_span(self):
+        """How many distances each side the relative embeddings hold (DeBERTa's `att_span`)."""
+        spec = self.relative_attention
+        return spec["position_buckets"] if spec["position_buckets"] > 0 else spec["max_relative_positions"]
+
     def input_layers(self):
-        """The pretrained layers before the first block: the embeddings, and ELECTRA's projection."""
-        return [self.embeddings] + ([self.embedding_projection] if self.embedding_projection is not None else [])
+        """The pretrained layers outside the blocks before the pooler: the embeddings, ELECTRA's and ALBERT's
+        projection, DeBERTa's relative embeddings (and their LayerNorm)."""
+        layers = [self.embeddings, self.embedding_projection, self.relative_embeddings, self.relative_norm]
+        return [layer for layer in layers if layer is not None]
 
     # ------------------------------------------------------------- adapters
     def add_adapter(self, name, config="seq_bn"):
@@ -346,16 +404,25 @@ class TransformerEncoder(keras.layers.Layer):
         setup = AdapterSetup.parse(adapter_setup)
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
-        x = self.embeddings(input_ids, inputs.get("token_type_ids"), training=training)
+        x = self.embeddings(input_ids, inputs.get("token_type_ids"), attention_mask=mask, training=training)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)
+        relative = None
+        if self.relative_attention is not None:
+            table = self.relative_embeddings.embeddings
+            if self.relative_norm is not None:
+                table = self.relative_norm(table)
+            span = self.relative_span()
+            relative = (table, *relative_indices(ops.shape(input_ids)[1], self.relative_attention["position_buckets"],
+                                                 self.relative_attention["max_relative_positions"], span))
+        extra = {} if relative is None else {"relative": relative}
         hidden = [x]
         mh_probs, out_probs = [], []
         seen = set()
         for i in self.block_order():
             # A shared block adds its fusion regularization once per step, as AdapterHub sums it once per layer.
             out = self.blocks[i](x, attention_mask=mask, adapter_setup=setup, adapter_index=adapter_index,
-                                 regularize=i not in seen, training=training)
+                                 regularize=i not in seen, training=training, **extra)
             seen.add(i)
             x, p_mh, p_out = out["hidden_states"], out.get("mh_fusion_attention"), out.get("fusion_attention")
             hidden.append(x)
@@ -398,6 +465,8 @@ class TransformerEncoder(keras.layers.Layer):
             feed_forward_dropout=self.feed_forward_dropout,
             swap_attention_slot_inputs=self.swap_attention_slot_inputs,
             depth=self.depth,
+            relative_attention=self.relative_attention,
+            zero_padding_embeddings=self.zero_padding_embeddings,
             model_type=self.model_type,
             adapters={n: c.to_dict() for n, c in self.adapter_configs.items()},
             fusions={

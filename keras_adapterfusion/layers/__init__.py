@@ -5,6 +5,7 @@ from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 from keras_adapterfusion.layers.adapter_slot import AdapterSlot
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
 from keras_adapterfusion.layers.classification_head import ClassificationHead
+from keras_adapterfusion.layers.disentangled_block import DisentangledBlock
 from keras_adapterfusion.layers.multiple_choice_head import MultipleChoiceHead
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
 from keras_adapterfusion.layers.token_classification_head import TokenClassificationHead
@@ -16,6 +17,7 @@ __all__ = [
     "AdapterSlot",
     "BottleneckAdapter",
     "ClassificationHead",
+    "DisentangledBlock",
     "MultipleChoiceHead",
     "TextEmbeddings",
     "TokenClassificationHead",

@@ -1,9 +1,9 @@
-"""BERT/RoBERTa input embeddings: word + position (+ token type), LayerNorm, dropout."""
+"""BERT/RoBERTa/DeBERTa input embeddings: word (+ position) (+ token type), LayerNorm, dropout."""
 
 import keras
 from keras import ops
 
-POSITION_STYLES = ("absolute", "roberta")
+POSITION_STYLES = ("absolute", "roberta", "none")
 
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
@@ -15,7 +15,10 @@ class TextEmbeddings(keras.layers.Layer):
 
     With `position_style="roberta"` positions count only non-padding tokens and
     start at `pad_token_id + 1`, as in Hugging Face's RoBERTa and XLM-R;
-    padding tokens get position `pad_token_id`.
+    padding tokens get position `pad_token_id`. With `position_style="none"` there
+    is no position table (DeBERTa-v3, whose attention sees relative positions).
+    With `zero_padding=True` the embeddings of padding tokens (`attention_mask`
+    0) are set to zero after the LayerNorm, as DeBERTa does.
 
     Args:
         vocab_size: word vocabulary size.
@@ -24,14 +27,16 @@ class TextEmbeddings(keras.layers.Layer):
         max_positions: rows of the position table.
         type_vocab_size: rows of the token-type table; 0 for none.
         pad_token_id: id of the padding token.
-        position_style: `"absolute"` (BERT) or `"roberta"`.
+        position_style: `"absolute"` (BERT), `"roberta"` or `"none"`.
         layer_norm_epsilon: LayerNorm epsilon.
         dropout: dropout rate after the LayerNorm.
+        zero_padding: multiply the output by `attention_mask` (DeBERTa).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
         input_ids: int `[batch, tokens]`.
         token_type_ids: int `[batch, tokens]` or `None` (zeros).
+        attention_mask: `[batch, tokens]` or `None`; used with `zero_padding`.
         training: Python bool.
 
     Example:
@@ -56,6 +61,7 @@ class TextEmbeddings(keras.layers.Layer):
         position_style="absolute",
         layer_norm_epsilon=1e-12,
         dropout=0.1,
+        zero_padding=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -71,6 +77,7 @@ class TextEmbeddings(keras.layers.Layer):
         self.position_style = position_style
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
+        self.zero_padding = zero_padding
 
     def build(self, input_shape=None):
         init = keras.initializers.RandomNormal(stddev=0.02)
@@ -78,11 +85,13 @@ class TextEmbeddings(keras.layers.Layer):
             self.vocab_size, self.hidden_size, embeddings_initializer=init,
             dtype=self.dtype_policy, name="word_embeddings",
         )
-        self.position_embeddings = keras.layers.Embedding(
-            self.max_positions, self.hidden_size, embeddings_initializer=init,
-            dtype=self.dtype_policy, name="position_embeddings",
-        )
-        tables = [self.word_embeddings, self.position_embeddings]
+        self.position_embeddings = None
+        if self.position_style != "none":
+            self.position_embeddings = keras.layers.Embedding(
+                self.max_positions, self.hidden_size, embeddings_initializer=init,
+                dtype=self.dtype_policy, name="position_embeddings",
+            )
+        tables = [t for t in (self.word_embeddings, self.position_embeddings) if t is not None]
         self.token_type_embeddings = None
         if self.type_vocab_size:
             self.token_type_embeddings = keras.layers.Embedding(
@@ -106,15 +115,18 @@ class TextEmbeddings(keras.layers.Layer):
         t = ops.shape(input_ids)[1]
         return ops.expand_dims(ops.arange(t, dtype="int32"), 0)
 
-    def call(self, input_ids, token_type_ids=None, training=None):
+    def call(self, input_ids, token_type_ids=None, attention_mask=None, training=None):
         input_ids = ops.cast(input_ids, "int32")
         x = self.word_embeddings(input_ids)
-        x = x + self.position_embeddings(self.position_ids(input_ids))
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(self.position_ids(input_ids))
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = ops.zeros_like(input_ids)
             x = x + self.token_type_embeddings(ops.cast(token_type_ids, "int32"))
         x = self.norm(x)
+        if self.zero_padding and attention_mask is not None:
+            x = x * ops.cast(attention_mask, x.dtype)[:, :, None]
         return self.dropout_layer(x, training=training)
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
@@ -131,5 +143,6 @@ class TextEmbeddings(keras.layers.Layer):
             position_style=self.position_style,
             layer_norm_epsilon=self.layer_norm_epsilon,
             dropout=self.dropout,
+            zero_padding=self.zero_padding,
         )
         return config

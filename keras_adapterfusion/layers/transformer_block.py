@@ -67,6 +67,7 @@ class TransformerBlock(keras.layers.Layer):
         regularize: let fusion layers add their regularization loss while
             training (an encoder that runs a shared block several times passes
             `False` after the first pass, so that it counts once).
+        relative: the relative-position inputs of a `DisentangledBlock` (unused here).
         training: Python bool.
 
     Returns:
@@ -317,7 +318,7 @@ class TransformerBlock(keras.layers.Layer):
             y = y + layer.bias
         return ops.reshape(y, tuple(shape[:-1]) + (layer.units,))
 
-    def _attention(self, x, attention_mask, training):
+    def _attention(self, x, attention_mask, training, relative=None):
         b, t = ops.shape(x)[0], ops.shape(x)[1]
         h = self.hidden_size
         # Q, K and V as one product over the kernels side by side.
@@ -349,12 +350,12 @@ class TransformerBlock(keras.layers.Layer):
                                 **kwargs)
 
     def call(self, hidden_states, attention_mask=None, adapter_setup=None, adapter_index=None, regularize=True,
-             training=None):
+             relative=None, training=None):
         setup = AdapterSetup.parse(adapter_setup)  # an AdapterSetup as it is; a symbolic call's token decoded
         if setup is not None and setup.kind == "per_row" and adapter_index is None:
             raise ValueError("TransformerBlock: a per-row adapter setup needs adapter_index ([batch] ints).")
         x = hidden_states
-        h = self._linear(self.attention_output_dense, self._attention(x, attention_mask, training))
+        h = self._linear(self.attention_output_dense, self._attention(x, attention_mask, training, relative))
         if self.attention_output_dropout:
             h = self.hidden_dropout_layer(h, training=training)
         if self.swap_attention_slot_inputs:

@@ -8,7 +8,7 @@ supported, built from the Hugging Face tokenizer the model was trained with:
 |---|---|---|
 | WordPiece (BERT, MiniLM: `tokenizer.json` with a `WordPiece` model, or `vocab.txt`) | the vocabulary's tokens | `tf.strings.lower`, `regex_replace` (TensorFlow); `normalize_utf8`, `regex_split_with_offsets`, `WordpieceTokenizer` (TensorFlow Text) |
 | SentencePiece (XLM-R: `sentencepiece.bpe.model`) | the SentencePiece model, with fairseq's id offset | `SentencepieceTokenizer` (TensorFlow Text) |
-| SentencePiece unigram (ALBERT: `spiece.model`) | the SentencePiece model's own ids | `regex_replace`, `strings.lower` (TensorFlow); `normalize_utf8`, `SentencepieceTokenizer` (TensorFlow Text) |
+| SentencePiece unigram (ALBERT: `spiece.model`; DeBERTa-v3: `spm.model`) | the SentencePiece model's own ids | `regex_replace`, `strings.lower` (TensorFlow); `normalize_utf8`, `SentencepieceTokenizer` (TensorFlow Text) |
 
 Byte-level BPE (RoBERTa, GPT-2: `vocab.json` + `merges.txt`) has no reliable
 in-graph tokenizer in TensorFlow Text; those exports keep the token-id
@@ -20,11 +20,12 @@ made a space (clean_text); lower case, NFD and accents removed (when the
 tokenizer lowercases); words split at Unicode whitespace, ASCII and Unicode
 punctuation and CJK characters; WordPiece with `##` continuations and `[UNK]`
 for words longer than 100 bytes (Hugging Face counts 100 characters: the same for
-ASCII). The ALBERT graph follows Hugging Face's normalizer sequence for ALBERT
-(read from `tokenizer.json`, refused if it holds any other step): ``` `` ``` and
+ASCII). The unigram graph follows Hugging Face's normalizer sequence for ALBERT
+and DeBERTa-v3 (read from `tokenizer.json`, refused if it holds any other step):
+outer whitespace stripped (DeBERTa; SentencePiece strips it too), ``` `` ``` and
 `''` made `"`, NFKD and accents removed (unless `keep_accents`), lower case
-(when `do_lower_case`); SentencePiece then applies the model's own normalization
-(the precompiled character map, whitespace collapsed). `tests/test_graph_tokenizers.py`
+(when `do_lower_case`) (ALBERT); SentencePiece then applies the model's own
+normalization (the precompiled character map, whitespace collapsed). `tests/test_graph_tokenizers.py`
 checks that the graph's ids equal the Python tokenizer's on every text of the
 offline corpora.
 
@@ -73,13 +74,13 @@ def _tokenizer_json(directory):
 
 
 def tokenizer_family(directory):
-    """`"wordpiece"`, `"sentencepiece"` (XLM-R), `"unigram"` (ALBERT) or `"bpe"` for the tokenizer files in
+    """`"wordpiece"`, `"sentencepiece"` (XLM-R), `"unigram"` (ALBERT, DeBERTa-v3) or `"bpe"` for the tokenizer files in
     `directory` (None if unknown)."""
     spec = _tokenizer_json(directory)
     model = (spec or {}).get("model", {}).get("type")
     if os.path.isfile(os.path.join(directory, "sentencepiece.bpe.model")):
         return "sentencepiece"
-    if model == "Unigram" and os.path.isfile(os.path.join(directory, "spiece.model")):
+    if model == "Unigram" and _unigram_model(directory):
         return "unigram"
     if model == "WordPiece" or (model is None and os.path.isfile(os.path.join(directory, "vocab.txt"))):
         return "wordpiece"
@@ -112,22 +113,31 @@ def _wordpiece_settings(directory):
     return dict(tokens=tokens, lowercase=lowercase, strip_accents=lowercase, unk="[UNK]", prefix="##", max_word=100)
 
 
-# Hugging Face's normalizer steps for ALBERT's tokenizer, in order; the optional ones by their switch.
-_ALBERT_STEPS = (("Replace", "``"), ("Replace", "''"), ("NFKD", None), ("StripAccents", None), ("Lowercase", None),
-                 ("Precompiled", None), ("Replace", " {2,}"))
+# Hugging Face's normalizer steps for the unigram tokenizers (ALBERT's, DeBERTa-v3's), in order; all but the
+# precompiled map optional.
+_UNIGRAM_STEPS = (("Strip", None), ("Replace", "``"), ("Replace", "''"), ("NFKD", None), ("StripAccents", None),
+                  ("Lowercase", None), ("Precompiled", None), ("Replace", " {2,}"))
+_UNIGRAM_FILES = ("spiece.model", "spm.model")
+
+
+def _unigram_model(directory):
+    return next((os.path.join(directory, f) for f in _UNIGRAM_FILES if os.path.isfile(os.path.join(directory, f))),
+                None)
 
 
 def _unigram_settings(directory):
-    """ALBERT's normalizer switches and special ids from `tokenizer.json`; anything else is refused."""
+    """The unigram normalizer's switches and special ids from `tokenizer.json`; any other step is refused."""
     spec = _tokenizer_json(directory)
     normalizer = spec.get("normalizer") or {}
     nodes = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
     steps = [(n.get("type"), (n.get("pattern") or {}).get("String", (n.get("pattern") or {}).get("Regex")))
              for n in nodes]
-    present = [step for step in _ALBERT_STEPS if step in steps]
-    if steps != present or _ALBERT_STEPS[0] not in steps or ("Precompiled", None) not in steps:
-        raise ExportError(f"export: {directory}/tokenizer.json: normalizer steps {steps}; expected ALBERT's "
-                          f"{list(_ALBERT_STEPS)} (the in-graph unigram tokenizer follows only those).")
+    present = [step for step in _UNIGRAM_STEPS if step in steps]
+    quotes = [step in steps for step in (("Replace", "``"), ("Replace", "''"))]
+    if steps != present or ("Precompiled", None) not in steps or quotes[0] != quotes[1]:
+        raise ExportError(f"export: {directory}/tokenizer.json: normalizer steps {steps}; expected those of ALBERT "
+                          f"or DeBERTa-v3, in this order: {list(_UNIGRAM_STEPS)} (the in-graph unigram tokenizer "
+                          "follows only those).")
     if ("NFKD", None) in steps and ("StripAccents", None) not in steps:
         raise ExportError(f"export: {directory}/tokenizer.json: NFKD without StripAccents; expected both or neither.")
     specials = (spec.get("post_processor") or {}).get("special_tokens", {})
@@ -136,8 +146,9 @@ def _unigram_settings(directory):
     except (KeyError, IndexError, TypeError) as e:
         raise ExportError(f"export: {directory}/tokenizer.json: no [CLS] / [SEP] in the post-processor.") from e
     pad = next((t["id"] for t in spec.get("added_tokens", []) if t.get("content") == "<pad>"), 0)
-    return dict(strip_accents=("StripAccents", None) in steps, lowercase=("Lowercase", None) in steps,
-                special={**ids, "pad": int(pad)})
+    pad = next((t["id"] for t in spec.get("added_tokens", []) if t.get("content") in ("<pad>", "[PAD]")), pad)
+    return dict(quotes=quotes[0], strip_accents=("StripAccents", None) in steps,
+                lowercase=("Lowercase", None) in steps, special={**ids, "pad": int(pad)})
 
 
 def graph_tokenizer(tokenizer_dir, max_length=128, special_ids=None):
@@ -170,8 +181,7 @@ def graph_tokenizer(tokenizer_dir, max_length=128, special_ids=None):
     if family == "sentencepiece":
         return SentencePieceModule(os.path.join(tokenizer_dir, "sentencepiece.bpe.model"), max_length)
     if family == "unigram":
-        return UnigramModule(os.path.join(tokenizer_dir, "spiece.model"), _unigram_settings(tokenizer_dir),
-                             max_length)
+        return UnigramModule(_unigram_model(tokenizer_dir), _unigram_settings(tokenizer_dir), max_length)
     raise ExportError(f"export: {tokenizer_dir}: a {family or 'unknown'} tokenizer has no reliable in-graph "
                       "counterpart; export without the raw-text signature (token ids only).")
 
@@ -308,7 +318,7 @@ class SentencePieceModule(tf.Module):
 
 
 class UnigramModule(tf.Module):
-    """ALBERT: Hugging Face's normalizer steps, then SentencePiece, whose ids are the tokenizer's."""
+    """ALBERT, DeBERTa-v3: Hugging Face's normalizer steps, then SentencePiece, whose ids are the tokenizer's."""
 
     def __init__(self, model_path, settings, max_length):
         super().__init__(name="unigram_tokenizer")
@@ -319,8 +329,10 @@ class UnigramModule(tf.Module):
         self.max_length = int(max_length)
 
     def _pieces(self, texts):
-        x = tf.strings.regex_replace(texts, "``", '"')
-        x = tf.strings.regex_replace(x, "''", '"')
+        x = texts  # outer whitespace: SentencePiece strips it (remove_extra_whitespaces), as Strip does
+        if self.settings["quotes"]:
+            x = tf.strings.regex_replace(x, "``", '"')
+            x = tf.strings.regex_replace(x, "''", '"')
         if self.settings["strip_accents"]:
             x = text.normalize_utf8(x, "NFKD")
             x = tf.strings.regex_replace(x, r"\p{Mn}", "")
@@ -335,7 +347,8 @@ class UnigramModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
     def pair(self, texts, text_pairs):
-        """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as ALBERT's Python tokenizer gives a pair."""
+        """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as ALBERT's and DeBERTa's Python tokenizers give a
+        pair."""
         cls, sep = self.special["cls"], self.special["sep"]
         return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((cls,), (sep,), (sep,)),
                             self.special["pad"], self.max_length, 1)
