@@ -30,6 +30,8 @@ BACKBONES = {
     "AlbertBackbone": lambda: keras_hub.models.AlbertBackbone(
         vocabulary_size=100, num_layers=4, num_groups=2, num_heads=4, embedding_dim=32, hidden_dim=64,
         intermediate_dim=128, max_sequence_length=16),
+    # 4 buckets, so that 9 tokens reach the logarithmic ones.
+    "DebertaV3Backbone": lambda: keras_hub.models.DebertaV3Backbone(bucket_size=4, **SIZE),
 }
 
 
@@ -98,10 +100,10 @@ def test_a_preset_directory_loads(tmp_path):
 
 
 def test_unsupported_backbones_and_missing_presets_are_named(tmp_path):
-    deberta = keras_hub.models.DebertaV3Backbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
-                                                 intermediate_dim=32, max_sequence_length=8)
-    with pytest.raises(CheckpointError, match=r"got a DebertaV3Backbone; expected one of \['AlbertBackbone'"):
-        from_keras_hub(deberta)
+    gemma = keras_hub.models.GemmaBackbone(vocabulary_size=50, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+                                           hidden_dim=16, intermediate_dim=32, head_dim=8)
+    with pytest.raises(CheckpointError, match=r"got a GemmaBackbone; expected one of \['AlbertBackbone'"):
+        from_keras_hub(gemma)
     albert = dict(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
                   max_sequence_length=8)
     with pytest.raises(CheckpointError, match=r"num_inner_repetitions 2; expected 1"):

@@ -1,7 +1,7 @@
 """Encoders from keras-hub backbones: `from_keras_hub(backbone_or_preset_dir)`.
 
-A keras-hub `BertBackbone`, `RobertaBackbone`, `XLMRobertaBackbone`, `DistilBertBackbone`, `ElectraBackbone` or
-`AlbertBackbone` (an object, or a preset directory written by `save_to_preset`) becomes this package's `TransformerEncoder`
+A keras-hub `BertBackbone`, `RobertaBackbone`, `XLMRobertaBackbone`, `DistilBertBackbone`, `ElectraBackbone`,
+`AlbertBackbone` or `DebertaV3Backbone` (an object, or a preset directory written by `save_to_preset`) becomes this package's `TransformerEncoder`
 with the same weights and the same function, so that adapters and fusion can be added to a model fine-tuned
 in keras-hub. Each backbone class has one key table here (like `backbones.converters` for Hugging Face
 checkpoints), and the one weight loader (`keras_adapterfusion.io.load_weights`) checks and assigns every tensor.
@@ -14,6 +14,9 @@ What is carried over, and what is not:
   one) and position table;
 - ALBERT's sharing: one block per group (`num_inner_repetitions` must be 1), run `num_layers / num_groups`
   times (`TransformerEncoder.depth`), with adapters placed as AdapterHub places them in ALBERT;
+- DeBERTa-v3's relative attention (`bucket_size` buckets, up to `max_sequence_length`) and its relative
+  embeddings with their LayerNorm; keras-hub masks padding only as keys, the encoder's `DisentangledBlock` masks
+  padded queries too, as Hugging Face's DeBERTa does (padded tokens' own outputs differ, real tokens' do not);
 - keras-hub's RoBERTa and XLM-R count positions from 0 for every token (their converters drop the two rows that
   Hugging Face's RoBERTa skips), so the encoder uses absolute positions (`position_style="absolute"`), not
   Hugging Face's padding-aware RoBERTa positions, and has no token-type table, as keras-hub's has none;
@@ -21,7 +24,7 @@ What is carried over, and what is not:
   and so does the encoder;
 - not carried over: task heads (take `backbone`, not the task model), the preprocessor and tokenizer (tokenize
   with the keras-hub preprocessor, or pass `token_ids` as `input_ids` and `padding_mask` as `attention_mask`),
-  and LoRA or quantization state. DeBERTa-v3 backbones are refused: this package has no encoder for them yet.
+  and LoRA or quantization state.
 
 Example:
 
@@ -54,6 +57,7 @@ BACKBONES = {
     "XLMRobertaBackbone": ("xlm-roberta", "token_and_position", False),
     "DistilBertBackbone": ("distilbert", "token_and_position", False),
     "AlbertBackbone": ("albert", "segments", True),
+    "DebertaV3Backbone": ("deberta-v2", "tokens", False),
 }
 
 
@@ -94,6 +98,12 @@ def _embedding_tensors(backbone, layout):
         out = {"token_embedding": _array(backbone.token_embedding.embeddings),
                "position_embedding": _array(backbone.position_embedding.position_embeddings),
                "segment_embedding": _array(backbone.segment_embedding.embeddings)}
+    elif layout == "tokens":  # DeBERTa-v3: token embeddings only; relative embeddings beside them
+        relative = backbone.relative_embeddings
+        out = {"token_embedding": _array(backbone.token_embedding.embeddings),
+               "relative_embedding": _array(relative.rel_embeddings),
+               "relative_norm.gamma": _array(relative.layer_norm.gamma),
+               "relative_norm.beta": _array(relative.layer_norm.beta)}
     else:
         emb = backbone.embeddings
         out = {"token_embedding": _array(emb.token_embedding.embeddings),
@@ -140,10 +150,11 @@ def _block_tensors(i, layer):
 def keras_hub_rows(encoder):
     """The key table of an encoder built from a keras-hub backbone: keras-hub's layer names -> variables."""
     emb = encoder.embeddings
-    tables = [("token_embedding", emb.word_embeddings), ("position_embedding", emb.position_embeddings)]
-    if emb.token_type_embeddings is not None:
-        tables.append(("segment_embedding", emb.token_type_embeddings))
-    rows = [WeightRow(k, tuple(t.embeddings.shape), t.embeddings) for k, t in tables]
+    tables = [("token_embedding", emb.word_embeddings), ("position_embedding", emb.position_embeddings),
+              ("segment_embedding", emb.token_type_embeddings), ("relative_embedding", encoder.relative_embeddings)]
+    rows = [WeightRow(k, tuple(t.embeddings.shape), t.embeddings) for k, t in tables if t is not None]
+    if encoder.relative_norm is not None:
+        rows += layer_rows("relative_norm", encoder.relative_norm, KERAS_HUB_KEYS)
     rows += layer_rows("embeddings_layer_norm", emb.norm, KERAS_HUB_KEYS)
     if encoder.embedding_projection is not None:
         rows += layer_rows("embeddings_projection", encoder.embedding_projection, KERAS_HUB_KEYS)
@@ -167,7 +178,7 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
 
     Args:
         backbone_or_preset_dir: a keras-hub `BertBackbone`, `RobertaBackbone`, `XLMRobertaBackbone`,
-            `DistilBertBackbone`, `ElectraBackbone` or `AlbertBackbone`, or a preset directory one was saved to with
+            `DistilBertBackbone`, `ElectraBackbone`, `AlbertBackbone` or `DebertaV3Backbone`, or a preset directory one was saved to with
             `save_to_preset` (read offline).
         dtype: a Keras dtype policy name for the encoder (default: the global policy).
         **overrides: other `TransformerEncoder` arguments (e.g. `hidden_dropout=0.0`).
@@ -178,15 +189,13 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
         backbone's `sequence_output` (and `pooled_output` as `pooler_output`, for BERT, ELECTRA and ALBERT).
 
     Raises:
-        CheckpointError: the object is not one of the supported backbones (DeBERTa-v3 is named as not
-            supported yet), an ALBERT with more than one layer per group or embeddings as wide as its
+        CheckpointError: the object is not one of the supported backbones, an ALBERT with more than one layer per group or embeddings as wide as its
             hidden states, or the preset directory does not load.
     """
     backbone = _backbone(backbone_or_preset_dir)
     kind = type(backbone).__name__
     if kind not in BACKBONES:
-        raise CheckpointError(f"from_keras_hub: got a {kind}; expected one of {sorted(BACKBONES)} (DeBERTa-v3 "
-                              "backbones have no encoder here yet).")
+        raise CheckpointError(f"from_keras_hub: got a {kind}; expected one of {sorted(BACKBONES)}.")
     model_type, layout, pooler = BACKBONES[kind]
     hidden = backbone.hidden_dim
     layers = _blocks(backbone, kind)
@@ -213,6 +222,10 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
     )
     if albert:  # one block per group, run num_layers / num_groups times; adapters where AdapterHub puts them
         kwargs.update(depth=backbone.num_layers, swap_attention_slot_inputs=True)
+    if layout == "tokens":  # DeBERTa-v3: relative attention, c2p and p2c, bucket_size buckets up to the length
+        kwargs.update(position_style="none", relative_attention={
+            "position_buckets": backbone.bucket_size, "max_relative_positions": backbone.max_sequence_length,
+            "types": ["c2p", "p2c"], "normalize": True})
     kwargs.update(overrides)
     epsilons = {float(layer._self_attention_layer_norm.epsilon) for layer in layers}
     if epsilons != {kwargs["layer_norm_epsilon"]}:
