@@ -9,7 +9,7 @@ offending value, where it is, and the allowed range:
 | input | rule |
 |---|---|
 | `input_ids` | integers in `[0, vocab_size)`; `[batch, tokens]` (`[batch, choices, tokens]` for multiple choice) |
-| `token_type_ids` | integers in `[0, type_vocab_size)` (only 0 without a token-type table), the shape of `input_ids` |
+| `token_type_ids` | integers in `[0, type_vocab_size)` (0 or 1, ignored, without a token-type table), the shape of `input_ids` |
 | `attention_mask` | 0 or 1 (or booleans), the shape of `input_ids` |
 | sequence length | within the position table (`max_positions`; RoBERTa-style encoders count from `pad_token_id + 1`) |
 | `task_id` (MT-A) | integers in `[0, number of tasks)`, one per example |
@@ -50,7 +50,8 @@ class InputLimits:
     Args:
         vocab_size: rows of the word table.
         type_vocab_size: the token types accepted: rows of the token-type table,
-            or 1 (only zeros) for an encoder without one (DistilBERT).
+            or 2 (the segment ids 0 and 1 a tokenizer gives a pair; ignored) for an
+            encoder without one (DistilBERT, DeBERTa-v3), as `transformers` ignores them.
         max_tokens: the longest sequence the position table holds (for
             RoBERTa-style positions: the most non-padding tokens).
         position_style: `"absolute"` or `"roberta"`.
@@ -78,7 +79,7 @@ class InputLimits:
         """
         roberta = encoder.position_style == "roberta"
         max_tokens = encoder.max_positions - (encoder.pad_token_id + 1 if roberta else 0)
-        return cls(encoder.vocab_size, max(1, encoder.type_vocab_size), max_tokens, encoder.position_style,
+        return cls(encoder.vocab_size, encoder.type_vocab_size or 2, max_tokens, encoder.position_style,
                    encoder.pad_token_id, choices, num_tasks)
 
 

@@ -70,3 +70,21 @@ def test_each_stage_trains_its_own_weights_and_round_trips(name, tmp_path):
         encoder.type_vocab_size, encoder.embedding_size)
     assert max_abs(loaded(x), expected) == 0.0
     assert len(loaded.trainable_weights) == len(fusion.trainable_weights)
+
+
+@pytest.mark.parametrize("name", ["tiny-distilbert", "tiny-deberta-v2"])
+def test_pair_segment_ids_are_ignored_without_a_token_type_table(name):
+    """A tokenizer gives a pair's second text token type 1 (DeBERTa's does); an encoder without a token-type
+    table accepts it and ignores it, as `transformers` does, and still refuses other values."""
+    from keras_adapterfusion import InputError
+
+    encoder = load_encoder(os.path.join(BACKBONES, name))
+    assert encoder.type_vocab_size == 0
+    x = batch(encoder)
+    types = np.zeros_like(x["input_ids"])
+    types[:, 4:] = 1
+    plain = ops.convert_to_numpy(encoder(x)["last_hidden_state"])
+    paired = ops.convert_to_numpy(encoder({**x, "token_type_ids": types})["last_hidden_state"])
+    assert max_abs(plain, paired) == 0.0
+    with pytest.raises(InputError, match="token_type_ids"):
+        encoder({**x, "token_type_ids": types * 2})
