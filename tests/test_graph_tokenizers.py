@@ -222,6 +222,9 @@ def test_sentencepiece_pair_graph_equals_the_python_tokenizer(max_length, direct
     python_singles = hf(texts, truncation=True, max_length=512)["input_ids"]
     same = [i for i in range(len(texts) - 1) if singles[i] == python_singles[i] and singles[i + 1] == python_singles[i + 1]]
     assert len(same) > 0.99 * (len(texts) - 1)
+    # The fast tokenizers (tokenizers 0.23) take ~5 MB and ~10 ms per pair truncated to 5 tokens (15 GB for
+    # 3,000 SentencePiece pairs): the shortest length runs on the first 300 pairs.
+    same = same[:300] if max_length < 12 else same
     firsts, seconds = [texts[i] for i in same], [texts[i + 1] for i in same]
     python = python_pair_ids(hf, firsts, seconds, max_length)
     graph = graph_pair_ids(graph_tokenizer(directory, max_length=max_length), firsts, seconds)

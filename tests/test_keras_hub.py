@@ -5,11 +5,13 @@ TensorFlow and JAX; a preset directory written by `save_to_preset` loads too. Bo
 (tests/parity.py): both libraries compute in float32.
 """
 
+import os
+
 import numpy as np
 import pytest
 from keras import ops
 
-from conftest import max_abs
+from conftest import BACKBONES as CHECKPOINTS, FIXTURES, max_abs
 from parity import assert_parity, bounds_for
 
 keras_hub = pytest.importorskip("keras_hub")
@@ -120,3 +122,93 @@ def test_the_check_sees_the_gelu_form():
     backbone = perturbed(BACKBONES["BertBackbone"])
     with pytest.raises(AssertionError, match="from_keras_hub"):
         check("BertBackbone, exact gelu", backbone, from_keras_hub(backbone, hidden_act="gelu"))
+
+
+# keras-hub tokenizers carried over as Hugging Face tokenizers (backbones.keras_hub_tokenizers), each built on
+# this repository's tiny vocabularies; the RoBERTa BPE (refused) is trained here on the offline corpora.
+def _roberta_tokenizer(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    from test_graph_tokenizers import corpora
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpora()[:5000], vocab_size=1000,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(tmp_path))
+    return keras_hub.models.RobertaTokenizer(vocabulary=str(tmp_path / "vocab.json"),
+                                             merges=str(tmp_path / "merges.txt"))
+
+
+TOKENIZERS = {
+    "BertTokenizer": lambda _: keras_hub.models.BertTokenizer(
+        vocabulary=os.path.join(CHECKPOINTS, "tiny-distilbert", "vocab.txt"), lowercase=True),
+    "DistilBertTokenizer": lambda _: keras_hub.models.DistilBertTokenizer(
+        vocabulary=os.path.join(CHECKPOINTS, "tiny-distilbert", "vocab.txt"), lowercase=True),
+    "ElectraTokenizer": lambda _: keras_hub.models.ElectraTokenizer(
+        vocabulary=os.path.join(CHECKPOINTS, "tiny-electra", "vocab.txt"), lowercase=True),
+    "XLMRobertaTokenizer": lambda _: keras_hub.models.XLMRobertaTokenizer(
+        proto=os.path.join(FIXTURES, "xlmr_style_tokenizer", "sentencepiece.bpe.model")),
+    "AlbertTokenizer": lambda _: keras_hub.models.AlbertTokenizer(
+        proto=os.path.join(CHECKPOINTS, "tiny-albert", "spiece.model")),
+    "DebertaV3Tokenizer": lambda _: keras_hub.models.DebertaV3Tokenizer(
+        proto=os.path.join(CHECKPOINTS, "tiny-deberta-v2", "spm.model")),
+}
+
+
+@pytest.mark.tensorflow_only  # keras-hub's tokenizers run on TensorFlow Text
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_carried_over_tokenizers_tokenize_as_keras_hub_does(name, tmp_path):
+    """On every offline text, the Hugging Face tokenizer written from a keras-hub tokenizer gives keras-hub's
+    ids, except (WordPiece) texts with '…', which keras-hub's case folding (NFKC) makes one word '...', and
+    (SentencePiece) texts segmented otherwise (ties between equal-score segmentations; one XLM-R text cut as
+    '▁Be st' by one and '▁B est' by the other): the same characters in other pieces."""
+    from keras_adapterfusion.backbones import keras_hub_tokenizer, load_tokenizer
+    from test_graph_tokenizers import corpora
+
+    ours_tokenizer = TOKENIZERS[name](tmp_path)
+    directory = keras_hub_tokenizer(ours_tokenizer, tmp_path / "hf")
+    hf = load_tokenizer(directory)
+    texts = corpora()
+    python = hf(texts, add_special_tokens=False)["input_ids"]
+    theirs = [[int(i) for i in row] for row in ours_tokenizer(texts)]
+    different = [i for i, (a, b) in enumerate(zip(python, theirs)) if a != b]
+    print(name, f"{len(different)} of {len(texts)} texts differ")
+    assert len(different) < 0.001 * len(texts), len(different)
+    for i in different:
+        if name in ("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer"):
+            assert "\u2026" in texts[i], texts[i]
+        else:  # the same characters, segmented otherwise
+            a, b = hf.convert_ids_to_tokens(python[i]), hf.convert_ids_to_tokens(theirs[i])
+            assert "".join(a) == "".join(b), (texts[i], a, b)
+    # With the special tokens, as the encoder's inputs: [CLS] ... [SEP] (or <s> ... </s>) around the same ids.
+    ids = hf("a short text")["input_ids"]
+    assert ids[1:-1] == hf("a short text", add_special_tokens=False)["input_ids"] and ids[0] != ids[1]
+
+
+@pytest.mark.tensorflow_only
+def test_roberta_tokenizer_is_refused_with_the_reason(tmp_path):
+    from keras_adapterfusion.backbones import keras_hub_tokenizer
+
+    with pytest.raises(CheckpointError, match=r"got a RobertaTokenizer \(its byte-level BPE"):
+        keras_hub_tokenizer(_roberta_tokenizer(tmp_path), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.tensorflow_only
+def test_a_preset_with_a_tokenizer_gives_the_encoder_its_tokenizer(tmp_path):
+    from keras_adapterfusion.backbones import load_tokenizer
+
+    backbone = perturbed(BACKBONES["BertBackbone"])
+    tokenizer = TOKENIZERS["BertTokenizer"](tmp_path)
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    tokenizer.save_to_preset(str(tmp_path / "preset"))
+    encoder = from_keras_hub(str(tmp_path / "preset"), tokenizer_dir=tmp_path / "tok")
+    assert encoder.checkpoint == str(tmp_path / "tok")
+    hf = load_tokenizer(encoder.checkpoint)
+    assert hf("what a film", add_special_tokens=False)["input_ids"] == [int(i) for i in tokenizer("what a film")]
+    with pytest.raises(CheckpointError, match="exists and is not an empty directory"):
+        from_keras_hub(str(tmp_path / "preset"), tokenizer_dir=tmp_path / "tok")
+    with pytest.raises(CheckpointError, match="tokenizer_dir needs a tokenizer"):
+        from_keras_hub(backbone, tokenizer_dir=tmp_path / "other")
+    with pytest.raises(CheckpointError, match="got a tokenizer but no tokenizer_dir"):
+        from_keras_hub(backbone, tokenizer=tokenizer)

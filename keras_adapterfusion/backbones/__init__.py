@@ -5,6 +5,7 @@
 - `converters`: one key table per Hugging Face `model_type`.
 - `huggingface`: `load_encoder`, `load_tokenizer`.
 - `keras_hub_models`: `from_keras_hub`, an encoder from a keras-hub text backbone.
+- `keras_hub_tokenizers`: `keras_hub_tokenizer`, a keras-hub tokenizer written as a Hugging Face tokenizer.
 - `copying`: `copy_encoder`, the one way to copy an encoder with a chosen set of adapters and fusions.
 
 The names below load on first use, so `backbones.checkpoint` can be imported
@@ -17,6 +18,7 @@ _LAZY = {
     "TransformerEncoder": "keras_adapterfusion.backbones.transformer_encoder",
     "copy_encoder": "keras_adapterfusion.backbones.copying",
     "from_keras_hub": "keras_adapterfusion.backbones.keras_hub_models",
+    "keras_hub_tokenizer": "keras_adapterfusion.backbones.keras_hub_tokenizers",
     "load_encoder": "keras_adapterfusion.backbones.huggingface",
     "load_tokenizer": "keras_adapterfusion.backbones.huggingface",
 }

@@ -22,9 +22,10 @@ What is carried over, and what is not:
   Hugging Face's padding-aware RoBERTa positions, and has no token-type table, as keras-hub's has none;
 - keras-hub applies dropout after every attention output and feed-forward, DistilBERT and ALBERT included,
   and so does the encoder;
-- not carried over: task heads (take `backbone`, not the task model), the preprocessor and tokenizer (tokenize
-  with the keras-hub preprocessor, or pass `token_ids` as `input_ids` and `padding_mask` as `attention_mask`),
-  and LoRA or quantization state.
+- the tokenizer, when asked (`tokenizer_dir`): written as a Hugging Face tokenizer
+  (`backbones.keras_hub_tokenizers`), which the encoder's `checkpoint` then names;
+- not carried over: task heads (take `backbone`, not the task model), the preprocessor's packing (sequence
+  length, special tokens: the Hugging Face tokenizer adds its own), and LoRA or quantization state.
 
 Example:
 
@@ -173,7 +174,7 @@ def _blocks(backbone, kind):
     return [group[0] for group in backbone.transformer_layers]
 
 
-def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
+def from_keras_hub(backbone_or_preset_dir, dtype=None, tokenizer=None, tokenizer_dir=None, **overrides):
     """A `TransformerEncoder` with the weights and function of a keras-hub text backbone.
 
     Args:
@@ -181,6 +182,11 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
             `DistilBertBackbone`, `ElectraBackbone`, `AlbertBackbone` or `DebertaV3Backbone`, or a preset directory one was saved to with
             `save_to_preset` (read offline).
         dtype: a Keras dtype policy name for the encoder (default: the global policy).
+        tokenizer: a keras-hub tokenizer to carry over (default: the preset directory's, when
+            `tokenizer_dir` is given).
+        tokenizer_dir: a new directory to write the tokenizer to as a Hugging Face tokenizer
+            (`backbones.keras_hub_tokenizers`); the encoder's `checkpoint` then points there, so that
+            `load_tokenizer(encoder.checkpoint)`, the stage builders' exports and the command line find it.
         **overrides: other `TransformerEncoder` arguments (e.g. `hidden_dropout=0.0`).
 
     Returns:
@@ -238,7 +244,19 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, **overrides):
                        ("pooled_dense", getattr(backbone, "pooled_dense", None) if pooler else None)):
         if layer is not None:
             tensors[f"{key}.kernel"], tensors[f"{key}.bias"] = _array(layer.kernel), _array(layer.bias)
+    source = tokenizer if tokenizer is not None else (
+        backbone_or_preset_dir if isinstance(backbone_or_preset_dir, (str, os.PathLike)) else None)
+    if tokenizer_dir is None and tokenizer is not None:
+        raise CheckpointError("from_keras_hub: got a tokenizer but no tokenizer_dir; expected a new directory to "
+                              "write it to.")
+    if tokenizer_dir is not None and source is None:
+        raise CheckpointError("from_keras_hub: tokenizer_dir needs a tokenizer; expected tokenizer= (a keras-hub "
+                              "tokenizer) or a preset directory that holds one.")
     encoder = TransformerEncoder(dtype=dtype, name="encoder", **kwargs)
     encoder.build()
     load_weights(keras_hub_rows(encoder), tensors, f"keras-hub {kind}")
+    if tokenizer_dir is not None:
+        from keras_adapterfusion.backbones.keras_hub_tokenizers import keras_hub_tokenizer
+
+        encoder.checkpoint = keras_hub_tokenizer(source, tokenizer_dir)
     return encoder
