@@ -46,6 +46,7 @@ import keras
 import numpy as np
 
 from keras_adapterfusion.backbones.converters import KeyStyle, block_rows, layer_rows
+from keras_adapterfusion.backbones.keras_hub_tokenizers import keras_hub_tokenizer, load_preset
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.io.weights import WeightRow, load_weights
@@ -64,17 +65,9 @@ BACKBONES = {
 
 def _backbone(backbone_or_preset_dir):
     if isinstance(backbone_or_preset_dir, (str, os.PathLike)):
-        path = os.fspath(backbone_or_preset_dir)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise CheckpointError(f"{path}: no keras-hub preset (config.json) here; expected a directory "
-                                  "written by a backbone's save_to_preset.")
         import keras_hub
 
-        try:
-            return keras_hub.models.Backbone.from_preset(path)
-        except Exception as e:  # keras-hub raises many kinds for a bad preset
-            raise CheckpointError(f"{path}: keras-hub could not load the preset ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200] if str(e) else ''}).") from e
+        return load_preset(backbone_or_preset_dir, "config.json", keras_hub.models.Backbone.from_preset, "a backbone")
     return backbone_or_preset_dir
 
 
@@ -256,7 +249,5 @@ def from_keras_hub(backbone_or_preset_dir, dtype=None, tokenizer=None, tokenizer
     encoder.build()
     load_weights(keras_hub_rows(encoder), tensors, f"keras-hub {kind}")
     if tokenizer_dir is not None:
-        from keras_adapterfusion.backbones.keras_hub_tokenizers import keras_hub_tokenizer
-
         encoder.checkpoint = keras_hub_tokenizer(source, tokenizer_dir)
     return encoder

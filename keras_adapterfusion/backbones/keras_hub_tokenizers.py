@@ -44,20 +44,27 @@ TOKENIZERS = {
 }
 
 
+def load_preset(path, marker, load, writer):
+    """`load(path)` for a keras-hub preset directory holding `marker`; `CheckpointError` naming the directory
+    when it does not hold one, or when keras-hub cannot load it. `writer` says what writes such presets."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, marker)):
+        raise CheckpointError(f"{path}: no keras-hub preset ({marker}) here; expected a directory written by "
+                              f"{writer}'s save_to_preset.")
+    try:
+        return load(path)
+    except Exception as e:  # keras-hub raises many kinds for a bad preset
+        raise CheckpointError(f"{path}: keras-hub could not load the preset ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}).") from e
+
+
 def _tokenizer(tokenizer_or_preset_dir):
     if not isinstance(tokenizer_or_preset_dir, (str, os.PathLike)):
         return tokenizer_or_preset_dir
-    path = os.fspath(tokenizer_or_preset_dir)
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        raise CheckpointError(f"{path}: no keras-hub tokenizer (tokenizer.json) in this preset; expected a directory "
-                              "written by a tokenizer's (or task's) save_to_preset.")
     import keras_hub
 
-    try:
-        return keras_hub.tokenizers.Tokenizer.from_preset(path)
-    except Exception as e:  # keras-hub raises many kinds for a bad preset
-        raise CheckpointError(f"{path}: keras-hub could not load the tokenizer ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''}).") from e
+    return load_preset(tokenizer_or_preset_dir, "tokenizer.json", keras_hub.tokenizers.Tokenizer.from_preset,
+                       "a tokenizer (or task)")
 
 
 def _proto_bytes(proto):

@@ -251,7 +251,24 @@ def _finish_pair(tf, a, b, specials, pad, max_length, second_type):
     return _pad(tf, ids, types, pad)
 
 
-class WordPieceModule(tf.Module):
+class _ClsSepSignatures:
+    """The signatures of a tokenizer with `[CLS] text [SEP]` (WordPiece, ALBERT, DeBERTa-v3): a subclass gives
+    `_pieces(texts)` (ragged ids without specials), `special` (`cls`, `sep`, `pad` ids) and `max_length`."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, texts):
+        return _finish(tf, self._pieces(texts), self.special["cls"], self.special["sep"], self.special["pad"],
+                       self.max_length)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+    def pair(self, texts, text_pairs):
+        """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as the Python tokenizer gives a pair."""
+        cls, sep = self.special["cls"], self.special["sep"]
+        return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((cls,), (sep,), (sep,)),
+                            self.special["pad"], self.max_length, 1)
+
+
+class WordPieceModule(_ClsSepSignatures, tf.Module):
     """BERT-style WordPiece in the graph (`graph_tokenizer` makes it; see the module docstring)."""
 
     def __init__(self, settings, max_length, special_ids):
@@ -279,18 +296,6 @@ class WordPieceModule(tf.Module):
         words = text.regex_split(x, _SPLIT, _KEEP)
         return self.wordpiece.tokenize(words).merge_dims(-2, -1)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def __call__(self, texts):
-        return _finish(tf, self._pieces(texts), self.special["cls"], self.special["sep"], self.special["pad"],
-                       self.max_length)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
-    def pair(self, texts, text_pairs):
-        """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as the Python tokenizer gives a pair."""
-        cls, sep = self.special["cls"], self.special["sep"]
-        return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((cls,), (sep,), (sep,)),
-                            self.special["pad"], self.max_length, 1)
-
 
 class SentencePieceModule(tf.Module):
     """XLM-R: SentencePiece ids shifted by fairseq's offset (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3)."""
@@ -317,7 +322,7 @@ class SentencePieceModule(tf.Module):
                             self.max_length, 0)
 
 
-class UnigramModule(tf.Module):
+class UnigramModule(_ClsSepSignatures, tf.Module):
     """ALBERT, DeBERTa-v3: Hugging Face's normalizer steps, then SentencePiece, whose ids are the tokenizer's."""
 
     def __init__(self, model_path, settings, max_length):
@@ -339,16 +344,3 @@ class UnigramModule(tf.Module):
         if self.settings["lowercase"]:
             x = tf.strings.lower(x, encoding="utf-8")
         return tf.cast(self.sentencepiece.tokenize(x), tf.int64)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def __call__(self, texts):
-        return _finish(tf, self._pieces(texts), self.special["cls"], self.special["sep"], self.special["pad"],
-                       self.max_length)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
-    def pair(self, texts, text_pairs):
-        """`[CLS] text [SEP] pair [SEP]`, token types 0 then 1, as ALBERT's and DeBERTa's Python tokenizers give a
-        pair."""
-        cls, sep = self.special["cls"], self.special["sep"]
-        return _finish_pair(tf, self._pieces(texts), self._pieces(text_pairs), ((cls,), (sep,), (sep,)),
-                            self.special["pad"], self.max_length, 1)
