@@ -97,9 +97,7 @@ class DisentangledBlock(TransformerBlock):
         embeddings, c2p_index, p2c_index = relative
         b, t = ops.shape(x)[0], ops.shape(x)[1]
         h = self.hidden_size
-        q = self._heads(self._linear(self.query_dense, x))
-        k = self._heads(self._linear(self.key_dense, x))
-        v = self._heads(self._linear(self.value_dense, x))
+        q, k, v = self._qkv(x)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)) / self.scale)
         embeddings = self.hidden_dropout_layer(ops.cast(embeddings, x.dtype)[None], training=training)
         shape = (b, self.num_heads, t, t)

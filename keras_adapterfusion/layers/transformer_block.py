@@ -318,17 +318,22 @@ class TransformerBlock(keras.layers.Layer):
             y = y + layer.bias
         return ops.reshape(y, tuple(shape[:-1]) + (layer.units,))
 
-    def _attention(self, x, attention_mask, training, relative=None):
+    def _qkv(self, x):
+        """Queries, keys and values `[batch, heads, tokens, head_dim]`, as one product over the three
+        kernels side by side."""
         b, t = ops.shape(x)[0], ops.shape(x)[1]
-        h = self.hidden_size
-        # Q, K and V as one product over the kernels side by side.
         kernel = ops.concatenate([self.query_dense.kernel, self.key_dense.kernel, self.value_dense.kernel], axis=1)
         bias = ops.concatenate([self.query_dense.bias, self.key_dense.bias, self.value_dense.bias], axis=0)
-        qkv = ops.matmul(ops.reshape(x, (-1, h)), kernel) + bias
+        qkv = ops.matmul(ops.reshape(x, (-1, self.hidden_size)), kernel) + bias
         qkv = ops.reshape(qkv, (b, t, 3, self.num_heads, self.head_dim))
         # [3, batch, heads, tokens, head_dim], unstacked (not sliced: a slice's gradient is a
         # full-size scatter, an unstack's a stack).
-        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        return ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+
+    def _attention(self, x, attention_mask, training, relative=None):
+        b, t = ops.shape(x)[0], ops.shape(x)[1]
+        h = self.hidden_size
+        q, k, v = self._qkv(x)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
         scores = softmax_input(scores) / (self.head_dim ** 0.5)
         if attention_mask is not None:

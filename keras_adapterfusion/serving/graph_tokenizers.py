@@ -145,8 +145,7 @@ def _unigram_settings(directory):
         ids = {k: int(specials[t]["ids"][0]) for k, t in (("cls", "[CLS]"), ("sep", "[SEP]"))}
     except (KeyError, IndexError, TypeError) as e:
         raise ExportError(f"export: {directory}/tokenizer.json: no [CLS] / [SEP] in the post-processor.") from e
-    pad = next((t["id"] for t in spec.get("added_tokens", []) if t.get("content") == "<pad>"), 0)
-    pad = next((t["id"] for t in spec.get("added_tokens", []) if t.get("content") in ("<pad>", "[PAD]")), pad)
+    pad = next((t["id"] for t in spec.get("added_tokens", []) if t.get("content") in ("<pad>", "[PAD]")), 0)
     return dict(quotes=quotes[0], strip_accents=("StripAccents", None) in steps,
                 lowercase=("Lowercase", None) in steps, special={**ids, "pad": int(pad)})
 
