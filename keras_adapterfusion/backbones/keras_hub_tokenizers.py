@@ -26,12 +26,12 @@ keras_hub_tokenizer("path/to/keras_hub_preset", "path/to/hf_tokenizer")   # or a
 ```
 """
 
-import json
 import os
 import shutil
 import tempfile
 
 from keras_adapterfusion.errors import CheckpointError
+from keras_adapterfusion.io.files import read_json, write_json
 
 # keras-hub tokenizer class -> (family, the Hugging Face tokenizer class, the SentencePiece file name).
 TOKENIZERS = {
@@ -89,8 +89,7 @@ def _write_files(tokenizer, kind, directory):
             config.update(do_lower_case=False, keep_accents=True)
         elif kind == "DebertaV3Tokenizer":
             config.update(do_lower_case=False)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=1)
+    write_json(os.path.join(directory, "tokenizer_config.json"), config)
     if kind == "AlbertTokenizer":
         _drop_quote_replacements(directory)
 
@@ -102,23 +101,18 @@ def _drop_quote_replacements(directory):
 
     AutoTokenizer.from_pretrained(directory).save_pretrained(directory)
     path = os.path.join(directory, "tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
+    spec = read_json(path, "Hugging Face tokenizer.json")
     normalizer = spec.get("normalizer") or {}
     quotes = [{"String": "``"}, {"String": "''"}]
     if normalizer.get("type") == "Sequence":
         normalizer["normalizers"] = [n for n in normalizer["normalizers"]
                                      if not (n.get("type") == "Replace" and n.get("pattern") in quotes)]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(spec, f, ensure_ascii=False)
+    write_json(path, spec)
     # transformers rebuilds ALBERT's normalizer from its class's settings; the generic fast tokenizer reads
     # tokenizer.json as it is.
     config_path = os.path.join(directory, "tokenizer_config.json")
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=1)
+    config = read_json(config_path, "Hugging Face tokenizer_config.json")
+    write_json(config_path, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
 
 
 def keras_hub_tokenizer(tokenizer_or_preset_dir, directory):
