@@ -13,6 +13,7 @@ from keras_adapterfusion.configs import AdapterConfig, FusionConfig
 
 pfeiffer = AdapterConfig.from_preset("seq_bn", reduction_factor=8)
 houlsby = AdapterConfig.from_preset("houlsby")
+parallel = AdapterConfig.from_preset("par_bn")      # He et al. (2022), scaling 4
 fusion = FusionConfig.from_preset("dynamic", regularization_weight=0.02)
 assert AdapterConfig.from_json(pfeiffer.to_json()) == pfeiffer
 ```
@@ -115,7 +116,7 @@ class _ConfigBase:
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig(_ConfigBase):
-    """Configuration of a sequential bottleneck adapter (AdapterHub `BnConfig`).
+    """Configuration of a bottleneck adapter (AdapterHub `BnConfig`), sequential or parallel.
 
     Args:
         mh_adapter: put an adapter in the slot after multi-head attention.
@@ -142,6 +143,11 @@ class AdapterConfig(_ConfigBase):
             (truncated N(0, 0.01)).
         leave_out: block indices that get no adapter.
         dropout: dropout rate on the adapter output.
+        is_parallel: a parallel adapter (He et al., 2022; AdapterHub's `ParallelAdapter`): it reads
+            the sublayer's input `x` instead of its output and adds `ln_after(dropout(up))` beside
+            the sublayer, `LN(h + x + up(x))` with `original_ln_after`. `original_ln_before`,
+            `residual_before_ln` and `adapter_residual_before_ln` do not apply to it (AdapterHub
+            ignores them too).
     """
 
     mh_adapter: bool = False
@@ -158,10 +164,12 @@ class AdapterConfig(_ConfigBase):
     init_weights: str = "bert"
     leave_out: List[int] = dataclasses.field(default_factory=list)
     dropout: float = 0.0
+    is_parallel: bool = False
 
     def __post_init__(self):
         name = type(self).__name__
         for f in (
+            "is_parallel",
             "mh_adapter",
             "output_adapter",
             "original_ln_before",
@@ -283,6 +291,19 @@ AdapterConfig.PRESETS = {
         reduction_factor=16,
     ),
 }
+# He et al. (2022)'s parallel adapter, as AdapterHub's `ParBnConfig`; `scaled_par_bn` learns its scaling.
+AdapterConfig.PRESETS["par_bn"] = dict(
+    mh_adapter=False,
+    output_adapter=True,
+    original_ln_before=False,
+    original_ln_after=True,
+    non_linearity="relu",
+    reduction_factor=2,
+    init_weights="mam_adapter",
+    is_parallel=True,
+    scaling=4.0,
+)
+AdapterConfig.PRESETS["scaled_par_bn"] = dict(AdapterConfig.PRESETS["par_bn"], scaling="learned")
 AdapterConfig.PRESETS["pfeiffer"] = AdapterConfig.PRESETS["seq_bn"]
 AdapterConfig.PRESETS["houlsby"] = AdapterConfig.PRESETS["double_seq_bn"]
 

@@ -38,6 +38,8 @@ ADAPTER_VARIANTS = {
     "scaling_channel": AdapterConfig(scaling="channel", init_weights="houlsby"),
     "scaling_float": AdapterConfig(scaling=2.0, init_weights="mam_adapter"),
     "per_block_reduction": AdapterConfig(reduction_factor={"0": 2, "default": 8}, leave_out=[1]),
+    "par_bn": AdapterConfig.from_preset("par_bn"),
+    "scaled_par_bn_ln_after": AdapterConfig.from_preset("scaled_par_bn", ln_after=True, mh_adapter=True),
 }
 
 FUSION_VARIANTS = {
@@ -228,6 +230,17 @@ def battery_cases():
                 prepare_fit=_freeze(*frozen), updated_in_training=("temperature",), may_stay=KEY_BIAS,
                 check=_fusion_probabilities(slots),
             ))
+    # A fusion of parallel adapters (their own residual form, see AdapterSlot.pre_forward).
+    parallel = {n: AdapterConfig.from_preset("par_bn", reduction_factor=r).to_dict()
+                for n, r in (("a", 4), ("b", 8), ("c", 2))}
+    cases.append(LayerCase(
+        "block-fusion-par_bn-dynamic", TransformerBlock,
+        _block_kwargs(adapters=parallel,
+                      fusions={"a,b,c": {"adapters": ["a", "b", "c"], "config": FUSION_VARIANTS["dynamic"].to_dict(),
+                                         "name": None}}),
+        block_inputs, {"adapter_setup": ["a", "b", "c"]}, prepare_fit=_freeze(_block_base, _block_adapters),
+        may_stay=KEY_BIAS, check=_fusion_probabilities("seq_bn"),
+    ))
     # Embeddings.
     cases.append(LayerCase("embeddings-absolute", TextEmbeddings,
                            dict(vocab_size=40, hidden_size=BH, max_positions=T, type_vocab_size=2),

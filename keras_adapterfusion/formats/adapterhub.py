@@ -62,7 +62,6 @@ ADAPTERHUB_VERSION = "adapters.1.3.0"
 # BnConfig fields that this package does not implement, with the values that
 # leave the computation unchanged.
 _UNSUPPORTED_ADAPTER_FIELDS = {
-    "is_parallel": (False,),
     "use_gating": (False,),
     "phm_layer": (False,),
     "inv_adapter": (None,),
@@ -107,7 +106,7 @@ def adapter_config_from_adapterhub(data, source="adapter config"):
             if value not in _UNSUPPORTED_ADAPTER_FIELDS[key]:
                 raise CheckpointError(
                     f"{source}: {key}={value!r} is not supported; expected one of "
-                    f"{list(_UNSUPPORTED_ADAPTER_FIELDS[key])} (only sequential bottleneck adapters are implemented)."
+                    f"{list(_UNSUPPORTED_ADAPTER_FIELDS[key])} (only bottleneck adapters are implemented)."
                 )
         elif key not in _IGNORED_ADAPTER_FIELDS:
             raise CheckpointError(

@@ -76,7 +76,14 @@ class AdapterSlot(keras.layers.Layer):
     # ------------------------------------------------------------- forward
     @staticmethod
     def pre_forward(config, h, x, norm, query_before_ln=False):
-        """AdapterHub's `Adapter.pre_forward`: (adapter input, query, residual)."""
+        """AdapterHub's `Adapter.pre_forward`: (adapter input, query, residual).
+
+        A parallel adapter (`is_parallel`, AdapterHub's `ParallelAdapter`) reads the sublayer's
+        input: `(x, x, x)`. Alone it takes no residual (`_single` passes none); in a fusion `x`
+        is the fusion's residual, and `post_forward` adds the sublayer output `h`.
+        """
+        if config.is_parallel:
+            return x, x, x
         residual = h if config.residual_before_ln is True else None
         query = h if query_before_ln else None
         if config.original_ln_before:
@@ -93,8 +100,13 @@ class AdapterSlot(keras.layers.Layer):
         return a, query, residual
 
     @staticmethod
-    def post_forward(config, out, x, norm):
-        """AdapterHub's `Adapter.post_forward`: the block's LayerNorm over `out + x` when `original_ln_after`."""
+    def post_forward(config, out, h, x, norm):
+        """AdapterHub's `post_forward`: the block's LayerNorm over `out + x` when `original_ln_after`.
+
+        A parallel adapter adds the sublayer output `h` first (AdapterHub's `ParallelAdapter`).
+        """
+        if config.is_parallel:
+            out = out + h
         if config.original_ln_after:
             return norm(out + x)
         return out
@@ -104,8 +116,8 @@ class AdapterSlot(keras.layers.Layer):
             return norm(h + x)
         config = self._configs[name]
         a, _, residual = self.pre_forward(config, h, x, norm)
-        out = self.adapters[name](a, residual, training=training)
-        return self.post_forward(config, out, x, norm)
+        out = self.adapters[name](a, None if config.is_parallel else residual, training=training)
+        return self.post_forward(config, out, h, x, norm)
 
     def _per_row(self, setup, h, x, norm, adapter_index, training):
         # Every example takes the output of the adapter its index selects; the adapters
@@ -133,10 +145,12 @@ class AdapterSlot(keras.layers.Layer):
         # AdapterHub: the last fused adapter's config decides the residual.
         config = self._configs[present[-1]]
         a, query, residual = self.pre_forward(config, h, x, norm, fusion.query_before_ln)
+        # (Parallel adapters: AdapterHub's fusion adds their input `x` as its residual, and the
+        # post-forward adds `h` and `x` again: `LN(fused + x + h + x)`, reproduced as it is.)
         # All adapters side by side, in a few products (AdapterFusion.fuse_adapters).
         out, probs = fusion.fuse_adapters(query, a, [self.adapters[n] for n in present], residual, training=training,
                                           regularize=regularize)
-        return self.post_forward(config, out, x, norm), probs
+        return self.post_forward(config, out, h, x, norm), probs
 
     def forward(self, h, x, norm, setup, adapter_index=None, training=None, regularize=True):
         """The slot's output for sublayer output `h`, sublayer input `x` and the block's LayerNorm `norm`.
