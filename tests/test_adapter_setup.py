@@ -10,6 +10,7 @@ from keras import ops
 
 from conftest import TINY_BERT, max_abs
 from keras_adapterfusion import (
+    AdapterConfig,
     AdapterModel,
     AdapterSetup,
     ClassificationHead,
@@ -75,6 +76,133 @@ def test_every_form_parses_to_one_value_and_round_trips(value, kind, adapters, k
 def test_bad_setups_are_refused(value, message):
     with pytest.raises(ValueError, match=message):
         AdapterSetup.parse(value)
+
+
+# ------------------------------------------------------------ compositions
+STACK = AdapterSetup.stack(["lang", "task"])
+LANG_FUSE = AdapterSetup.stack(["lang", AdapterSetup.fuse(["a", "b"])])
+FUSE_STACK = AdapterSetup.fuse([AdapterSetup.stack(["lang", "a"]), "b"])
+AVERAGE = AdapterSetup.average(["a", "b", "c"], weights=[1, 2, 5])
+AVERAGE_STACKS = AdapterSetup.average([AdapterSetup.stack(["lang", "a"]), AdapterSetup.stack(["lang", "b"])])
+
+
+@pytest.mark.parametrize("setup, names, text, hub", [
+    (STACK, ("lang", "task"), "Stack(lang, task)", "Stack(lang, task)"),
+    (LANG_FUSE, ("lang", "a", "b"), "Stack(lang, Fuse(a, b))", "Stack(lang, Fuse(a, b))"),
+    (FUSE_STACK, ("lang", "a", "b"), "Fuse(Stack(lang, a), b)", "Fuse(Stack(lang, a), b)"),
+    (AVERAGE, ("a", "b", "c"), "Average(a, b, c; weights 0.125, 0.25, 0.625)", "Average(a, b, c)"),
+    (AVERAGE_STACKS, ("lang", "a", "b"), "Average(Stack(lang, a), Stack(lang, b); weights 0.5, 0.5)",
+     "Average(Stack(lang, a), Stack(lang, b))"),
+])
+def test_compositions_parse_round_trip_and_speak_adapterhub(setup, names, text, hub):
+    assert setup.names() == names and str(setup) == text
+    assert AdapterSetup.parse(setup.token()) == setup
+    assert AdapterSetup.parse(json.loads(json.dumps(setup.to_config()))) == setup
+    # AdapterHub's own dict form (`AdapterCompositionBlock.to_dict()`), both ways.
+    assert AdapterSetup.parse(setup.to_adapterhub()) == setup
+    def render(d):
+        if d["type"] == "single":
+            return d["children"][0]
+        return f"{d['type']}({', '.join(render(c) for c in d['children'])})"
+    assert render(setup.to_adapterhub()) == hub
+
+
+def test_a_fusion_over_a_stack_is_keyed_by_its_last_adapter():
+    assert FUSE_STACK.fusion_key == "a,b" and FUSE_STACK.member_names() == ("a", "b")
+    assert [f.fusion_key for f in LANG_FUSE.fusions()] == ["a,b"] and STACK.fusions() == []
+    assert AdapterSetup.stack(["a"]) == AdapterSetup.single("a")
+    assert AVERAGE.weights == (0.125, 0.25, 0.625)
+    assert AdapterSetup.average(["a", "b"], [2, 6], normalize_weights=False).weights == (2.0, 6.0)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: AdapterSetup.stack([AdapterSetup.stack(["a", "b"]), "c"]), "cannot nest Stack\\(a, b\\) in a 'stack'"),
+    (lambda: AdapterSetup.fuse([AdapterSetup.average(["a", "b"]), "c"]), "cannot nest Average"),
+    (lambda: AdapterSetup.per_row([AdapterSetup.stack(["a", "b"]), "c"]), "expected adapter names"),
+    (lambda: AdapterSetup.stack(["x", AdapterSetup.fuse([AdapterSetup.stack(["a", AdapterSetup.fuse(["b", "c"])]), "d"])]),
+     "Fuse\\(b, c\\) is at level 2"),
+    (lambda: AdapterSetup.average(["a", "b"], weights=[1.0]), "expected 2 finite numbers"),
+    (lambda: AdapterSetup.average(["a", "b"], weights=[1.0, -1.0]), "sum to 0"),
+    (lambda: AdapterSetup.average(["a", "b"], weights=[1.0, float("nan")]), "finite numbers"),
+    (lambda: AdapterSetup.average(["a"]), "an average needs at least two"),
+    (lambda: AdapterSetup.stack(["a", "a"]), "repeated names"),
+    (lambda: AdapterSetup(("a", "b"), "stack", weights=(0.5, 0.5)), "only an average has weights"),
+    (lambda: AdapterSetup.parse({"type": "Parallel", "children": []}), "'Parallel' is not supported"),
+])
+def test_bad_compositions_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def composed_encoder():
+    enc = tiny()
+    enc.add_adapter("lang", AdapterConfig.from_preset("seq_bn", reduction_factor=4))
+    enc.add_adapter("task", "seq_bn")
+    enc.add_adapter("a", "seq_bn")
+    enc.add_adapter("b", AdapterConfig.from_preset("par_bn", reduction_factor=4))
+    enc.add_fusion(["a", "b"])
+    perturb([v for n in ("lang", "task", "a", "b") for v in enc.adapter_weights(n)] + enc.fusion_weights("a,b"), 7)
+    return enc
+
+
+def test_the_encoder_checks_every_fusion_of_a_composition():
+    enc = composed_encoder()
+    with pytest.raises(ValueError, match="no fusion 'lang,b'"):
+        enc.check_setup(AdapterSetup.fuse([AdapterSetup.stack(["a", "lang"]), "b"]))
+    enc.add_fusion(["a", "b"], name="named")
+    with pytest.raises(ValueError, match="fusion 'named' fuses \\['a', 'b'\\]; the setup .* gives it \\['b', 'a'\\]"):
+        enc.check_setup(AdapterSetup.fuse(["b", "a"], name="named"))
+    with pytest.raises(ValueError, match="unknown adapter\\(s\\) \\['nope'\\]"):
+        enc.check_setup(AdapterSetup.stack(["lang", "nope"]))
+
+
+def test_a_stack_of_one_name_and_a_fusion_inside_a_stack_of_one_run_as_themselves():
+    enc = composed_encoder()
+    x = batch()
+    for setup, same in ((AdapterSetup.stack(["task"]), "task"),
+                        (AdapterSetup.stack([AdapterSetup.fuse(["a", "b"])]), ["a", "b"])):
+        assert max_abs(enc(x, adapter_setup=setup)["last_hidden_state"],
+                       enc(x, adapter_setup=same)["last_hidden_state"]) == 0.0
+
+
+@pytest.mark.parametrize("setup", [STACK, LANG_FUSE, FUSE_STACK, AVERAGE_STACKS], ids=str)
+def test_composed_models_save_load_and_build_symbolically(setup, tmp_path):
+    enc = composed_encoder()
+    head = ClassificationHead(2, dropout=0.0)
+    model = AdapterModel(enc, head, adapter_setup=setup, output_key="logits")
+    x = batch()
+    out = ops.convert_to_numpy(model(x))
+    assert np.all(np.isfinite(out))
+    assert max_abs(out, AdapterModel(enc, head, adapter_setup="task", output_key="logits")(x)) > 1e-4
+    path = str(tmp_path / "composed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.adapter_setup == setup
+    assert max_abs(loaded(x), out) == 0.0
+    # A functional model over the encoder (a symbolic call: the setup travels as its token).
+    inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in x}
+    outputs = enc(inputs, adapter_setup=setup)
+    functional = keras.Model(inputs, outputs["last_hidden_state"])
+    assert max_abs(functional(x), enc(x, adapter_setup=setup)["last_hidden_state"]) < 1e-6
+    if setup.fusions():
+        assert ops.convert_to_numpy(enc(x, adapter_setup=setup)["fusion_attentions"]).shape == (2, 4, 7, 2)
+
+
+def test_madx_trains_the_task_adapter_on_a_frozen_language_adapter():
+    enc = composed_encoder()
+    model = builders.build_adapter_model(enc, "new_task", num_labels=2, stacked_on=["lang"])
+    assert model.adapter_setup == AdapterSetup.stack(["lang", "new_task"])
+    trained = {id(v) for v in model.trainable_weights}
+    assert {id(v) for v in enc.adapter_weights("new_task")} <= trained
+    assert not {id(v) for v in enc.adapter_weights("lang")} & trained
+    before = [ops.convert_to_numpy(v) for v in enc.adapter_weights("lang")]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(batch(), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
+    for b, v in zip(before, enc.adapter_weights("lang")):
+        np.testing.assert_array_equal(b, ops.convert_to_numpy(v))
+    with pytest.raises(ValueError, match="stacked_on names \\['missing'\\]"):
+        builders.build_adapter_model(enc, "t2", num_labels=2, stacked_on=["missing"])
+    assert "t2" not in enc.adapter_configs
 
 
 # ------------------------------------------------------------------ names

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 from conftest import (BACKBONES, FIXTURES, FLOAT64_EXACT, FLOAT64_SKIP, FUSION_CASE, TINY_BERT, base_shape,
                       max_abs, model_inputs)
 from parity import assert_parity, bounds_for
-from keras_adapterfusion import CheckpointError, load_encoder
+from keras_adapterfusion import AdapterSetup, CheckpointError, load_encoder
 from keras_adapterfusion.formats import adapterhub
 from keras_adapterfusion.layers import BottleneckAdapter
 
@@ -84,7 +84,15 @@ def check_variant_parity(case, dtype="float32"):
     base = os.path.join(BACKBONES, spec["base"])
     names = list(spec["adapters"])
     ref = reference_for(directory, dtype)
-    if spec["fusion"]:
+    if "setup" in spec:
+        # A composition, given in AdapterHub's own dict form (the one `adapters` wrote the case with).
+        models = {f"{AdapterSetup.parse(spec['setup'])}" + (f", reference_form={rf}" if spec["fusion"] else ""):
+                  adapterhub.load_composition_model(
+            base, [os.path.join(directory, n) for n in names], spec["setup"],
+            fusion_dirs=[os.path.join(directory, "fusion")] if spec["fusion"] else (),
+            head_dir=os.path.join(directory, "head"), reference_form=rf, dtype=dtype)
+            for rf in ((False, True) if spec["fusion"] else (False,))}
+    elif spec["fusion"]:
         models = {f"reference_form={rf}": load_case(rf, directory, names, base, dtype=dtype) for rf in (False, True)}
     else:
         models = {"single adapter": adapterhub.load_adapter_model(base, os.path.join(directory, names[0]),
@@ -159,7 +167,7 @@ def test_adapter_layernorm_epsilon_bug_fails_parity(monkeypatch):
     if not FLOAT64_EXACT:
         pytest.skip(FLOAT64_SKIP)
     cases = _cases_with_adapter_layernorms()
-    assert set(cases) == {"custom_fields_dynamic", "single_no_original_ln_after"}
+    assert set(cases) == {"custom_fields_dynamic", "single_no_original_ln_after", "par_bn_single"}
     signature = inspect.signature(BottleneckAdapter.__init__)
     defaulted = [name for name, p in signature.parameters.items() if p.default is not p.empty]
     defaults = list(BottleneckAdapter.__init__.__defaults__)
@@ -188,7 +196,8 @@ def test_adapter_layernorm_epsilon_bug_fails_parity(monkeypatch):
         bounds = case_bounds(ref, errors, base, "float64")
         worst = max(errors[k] / bounds[k] for k in errors)
         print(case, "epsilon 1e-12:", errors, "worst error / bound", worst)
-        assert worst > 1e3, (case, worst)
+        # Two orders of magnitude at least (the parallel adapter's ln_after normalizes a smaller term: 2e2).
+        assert worst > 1e2, (case, worst)
 
 
 def test_reference_variants_cover_every_config_field():

@@ -369,16 +369,23 @@ class TransformerEncoder(keras.layers.Layer):
         setup = AdapterSetup.parse(adapter_setup)
         if setup is None:
             return None
-        missing = [n for n in setup.adapters if n not in self.adapter_configs]
+        missing = [n for n in setup.names() if n not in self.adapter_configs]
         if missing:
             raise ValueError(
                 f"adapter_setup: unknown adapter(s) {missing}; expected names from {sorted(self.adapter_configs)}."
             )
-        if setup.kind == "fuse" and setup.fusion_key not in self.fusion_specs:
-            raise ValueError(
-                f"adapter_setup: no fusion {setup.fusion_key!r} over {list(setup.adapters)}; expected one of "
-                f"{sorted(self.fusion_specs)} (add it with add_fusion)."
-            )
+        for fused in setup.fusions():
+            spec = self.fusion_specs.get(fused.fusion_key)
+            if spec is None:
+                raise ValueError(
+                    f"adapter_setup: no fusion {fused.fusion_key!r} over {list(fused.member_names())}; expected one "
+                    f"of {sorted(self.fusion_specs)} (add it with add_fusion)."
+                )
+            if tuple(spec["adapters"]) != fused.member_names():
+                raise ValueError(
+                    f"adapter_setup: fusion {fused.fusion_key!r} fuses {list(spec['adapters'])}; the setup {fused} "
+                    f"gives it {list(fused.member_names())}; expected the same adapters in the same order."
+                )
         return setup
 
     # -------------------------------------------------------------- forward
@@ -433,8 +440,9 @@ class TransformerEncoder(keras.layers.Layer):
             outputs["pooler_output"] = self.pooler(x[:, 0, :])
         if output_hidden_states:
             outputs["hidden_states"] = ops.stack(hidden, axis=0)
-        if setup is not None and setup.kind == "fuse":
-            n = len(setup.adapters)
+        fusions = [] if setup is None else setup.fusions()
+        if fusions:
+            n = len(fusions[-1].adapters)  # the last fusion that runs (the one the blocks report)
             for key, probs in (("mh_fusion_attentions", mh_probs), ("fusion_attentions", out_probs)):
                 if all(p is None for p in probs):
                     continue

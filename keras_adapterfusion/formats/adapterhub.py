@@ -400,10 +400,7 @@ def load_adapter_model(base_model, adapter_dir, head_dir=None, **encoder_kwargs)
     Returns:
         An `AdapterModel` returning `last_hidden_state` (and `logits` with a head).
     """
-    encoder = _resolve_encoder(base_model, **encoder_kwargs)
-    name = load_adapter(encoder, adapter_dir)
-    head = load_head(head_dir, encoder)[0] if head_dir is not None else None
-    return AdapterModel(encoder, head, adapter_setup=name, name="adapter_model")
+    return load_composition_model(base_model, [adapter_dir], None, head_dir=head_dir, **encoder_kwargs)
 
 
 def load_fusion_model(base_model, adapter_dirs, fusion_dir, head_dir=None, reference_form=False, **encoder_kwargs):
@@ -423,18 +420,55 @@ def load_fusion_model(base_model, adapter_dirs, fusion_dir, head_dir=None, refer
         (with a head), `last_hidden_state` and `fusion_attentions`
         `[blocks, batch, tokens, adapters]`.
     """
+    if fusion_dir is None:
+        raise CheckpointError("load_fusion_model: fusion_dir is None; expected an AdapterHub fusion directory.")
+    return load_composition_model(base_model, adapter_dirs, None, fusion_dirs=[fusion_dir], head_dir=head_dir,
+                                  reference_form=reference_form, **encoder_kwargs)
+
+
+def load_composition_model(base_model, adapter_dirs, adapter_setup, fusion_dirs=(), head_dir=None,
+                           reference_form=False, **encoder_kwargs):
+    """A model with AdapterHub adapters (and fusions, and a head) that runs them in any composition.
+
+    Args:
+        base_model: checkpoint directory, cached hub id, or a `TransformerEncoder`.
+        adapter_dirs: AdapterHub adapter directories.
+        adapter_setup: what the model runs: an `AdapterSetup`, any form `AdapterSetup.parse` reads (an
+            AdapterHub composition dict such as `Stack("lang", "task").to_dict()` among them), or `None`
+            for the last fusion loaded (or the one adapter, when there is no fusion).
+        fusion_dirs: AdapterHub fusion directories (their adapters must be among `adapter_dirs`).
+        head_dir: AdapterHub head directory, or `None`.
+        reference_form: compute fusion in AdapterHub's literal form.
+        **encoder_kwargs: passed to `load_encoder`.
+
+    Returns:
+        An `AdapterModel` (named `"fusion_model"` when a fusion runs, else `"adapter_model"`).
+
+    Raises:
+        CheckpointError: a directory, file, field or tensor at fault (named).
+        ValueError: `adapter_setup` names adapters or fusions that were not loaded.
+    """
     if isinstance(adapter_dirs, (str, os.PathLike)):
         adapter_dirs = [adapter_dirs]
+    if isinstance(fusion_dirs, (str, os.PathLike)):
+        fusion_dirs = [fusion_dirs]
     if not adapter_dirs:
-        raise CheckpointError("load_fusion_model: adapter_dirs is empty; expected the fused adapters' directories.")
-    if not isinstance(base_model, TransformerEncoder):
+        raise CheckpointError("load_composition_model: adapter_dirs is empty; expected AdapterHub adapter "
+                              "directories.")
+    if not isinstance(base_model, TransformerEncoder) and fusion_dirs:
         encoder_kwargs.setdefault("fusion_reference_form", reference_form)
     encoder = _resolve_encoder(base_model, **encoder_kwargs)
-    for d in adapter_dirs:
-        load_adapter(encoder, d)
-    setup = load_fusion(encoder, fusion_dir)
+    names = [load_adapter(encoder, d) for d in adapter_dirs]
+    fused = [load_fusion(encoder, d) for d in fusion_dirs]
+    if adapter_setup is None:
+        if len(names) > 1 and not fused:
+            raise ValueError(f"load_composition_model: {len(names)} adapters and no fusion; expected an "
+                             "adapter_setup saying how they compose.")
+        adapter_setup = fused[-1] if fused else names[0]
+    setup = encoder.check_setup(adapter_setup)
     head = load_head(head_dir, encoder)[0] if head_dir is not None else None
-    return AdapterModel(encoder, head, adapter_setup=setup, name="fusion_model")
+    label = "fusion_model" if setup.fusions() else "adapter_model"
+    return AdapterModel(encoder, head, adapter_setup=setup, name=label)
 
 
 # ------------------------------------------------------------------ saving

@@ -1,22 +1,29 @@
-"""`AdapterSetup`: which adapters a forward pass runs, parsed once at the edge.
+"""`AdapterSetup`: which adapters a forward pass runs, and how they compose, parsed once at the edge.
 
 Users write a setup as `None` (no adapter), an adapter name (`"sentiment"`), a
 list of two or more names to fuse (`["sentiment", "nli"]`), AdapterHub's fusion
-name (`"sentiment,nli"`), or an `AdapterSetup` (e.g. a *named* fusion). Models
-and the encoder turn that into an `AdapterSetup` once, with `AdapterSetup.parse`,
-and everything inside uses that value: its kind, its adapters, the key of its
-fusion layer.
+name (`"sentiment,nli"`), an AdapterHub composition dict (`Stack(...).to_dict()`),
+or an `AdapterSetup`. Models and the encoder turn that into an `AdapterSetup`
+once, with `AdapterSetup.parse`, and everything inside uses that value.
 
 | kind | runs | built with |
 |---|---|---|
 | `"single"` | one adapter | `AdapterSetup.single("a")`, `"a"` |
-| `"fuse"` | AdapterFusion over two or more adapters | `AdapterSetup.fuse(["a", "b"], name=None)`, `["a", "b"]`, `"a,b"` |
+| `"stack"` | adapters one after another in each slot (MAD-X: a language adapter under a task adapter) | `AdapterSetup.stack(["lang", "task"])` |
+| `"fuse"` | AdapterFusion over two or more adapters (or stacks) | `AdapterSetup.fuse(["a", "b"], name=None)`, `["a", "b"]`, `"a,b"` |
+| `"average"` | the weighted mean of adapter (or stack) outputs, as AdapterHub's `Average` | `AdapterSetup.average(["a", "b"], weights=[0.7, 0.3])` |
 | `"per_row"` | the adapter each example's `adapter_index` selects (MT-A) | `AdapterSetup.per_row(["a", "b"])` |
 
-A fusion is keyed by its name when it has one, else by AdapterHub's key, the
-adapters' names joined by commas. Names let several fusions over the same
-adapters (trained for different targets) live in one encoder; without a name,
-keys and files stay AdapterHub's.
+A setup's members (`adapters`) are adapter names or nested setups, nested as
+AdapterHub allows: a stack may hold fusions and averages, a fusion or an average
+may hold stacks, and below the first level only names and stacks. The slot runs
+the tree as AdapterHub's `BottleneckLayer` composes it (see `AdapterSlot`).
+
+A fusion is keyed by its name when it has one, else by AdapterHub's key: the
+names of its members joined by commas, a nested stack counting as its last
+adapter (`Fuse(Stack(a, b), c)` runs the fusion `"b,c"`). Names let several
+fusions over the same adapters (trained for different targets) live in one
+encoder; without a name, keys and files stay AdapterHub's.
 
 The parsed value travels inward as it is: the encoder hands its `AdapterSetup`
 to each block, and each block to its slots. The one exception is a symbolic
@@ -33,18 +40,26 @@ setup = AdapterSetup.parse(["sentiment", "nli"])
 setup.kind, setup.adapters, setup.fusion_key     # "fuse", ("sentiment", "nli"), "sentiment,nli"
 named = AdapterSetup.fuse(["sentiment", "nli"], name="for_tweets")
 named.fusion_key                                  # "for_tweets"
+madx = AdapterSetup.stack(["en", AdapterSetup.fuse(["sentiment", "nli"])])
+madx.names(), str(madx)                           # ("en", "sentiment", "nli"), "Stack(en, Fuse(sentiment, nli))"
 ```
 """
 
 import dataclasses
 import json
+import math
 from typing import Optional, Tuple
 
 import keras
 
 from keras_adapterfusion.names import check_name
 
-KINDS = ("single", "fuse", "per_row")
+KINDS = ("single", "stack", "fuse", "average", "per_row")
+# The setups each kind may hold besides adapter names (AdapterHub's ALLOWED_NESTINGS, for the kinds here).
+NESTING = {"single": (), "stack": ("fuse", "average"), "fuse": ("stack",), "average": ("stack",), "per_row": ()}
+# AdapterHub's composition class names (`AdapterCompositionBlock.to_dict()["type"]`) for each kind.
+ADAPTERHUB_TYPES = {"stack": "Stack", "fuse": "Fuse", "average": "Average"}
+_LABELS = {"stack": "Stack", "fuse": "Fuse", "average": "Average", "per_row": "PerRow"}
 
 
 def fusion_key(adapter_names, name=None):
@@ -52,19 +67,32 @@ def fusion_key(adapter_names, name=None):
     return name if name is not None else ",".join(adapter_names)
 
 
+def _check_depth(setup, level):
+    """AdapterHub's depth rule: below the first level, only adapter names and stacks."""
+    for member in setup.adapters:
+        if isinstance(member, AdapterSetup):
+            if level >= 1 and member.kind != "stack":
+                raise ValueError(f"adapter_setup: {member} is at level {level + 1} of a setup (the top is 0); "
+                                 "expected only adapter names and stacks below level 1 (as AdapterHub).")
+            _check_depth(member, level + 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class AdapterSetup:
     """Which adapters run, and how (see the module docstring).
 
     Args:
-        adapters: the adapter names, in order (the order of a fusion's attention).
-        kind: `"single"`, `"fuse"` or `"per_row"`.
+        adapters: the members, in order (the order of a fusion's attention): adapter names, or nested
+            `AdapterSetup`s where the kind allows them.
+        kind: one of `"single"`, `"stack"`, `"fuse"`, `"average"`, `"per_row"`.
         fusion_name: for `"fuse"`, the fusion's name, or `None` for AdapterHub's key.
+        weights: for `"average"`, one weight per member (summing to 1 once normalized, see `average`).
     """
 
-    adapters: Tuple[str, ...]
+    adapters: Tuple
     kind: str = "single"
     fusion_name: Optional[str] = None
+    weights: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -72,23 +100,44 @@ class AdapterSetup:
         if isinstance(self.adapters, str) or not isinstance(self.adapters, (list, tuple)):
             raise ValueError(f"AdapterSetup.adapters: got {self.adapters!r}; expected a list of adapter names.")
         object.__setattr__(self, "adapters", tuple(self.adapters))
-        for name in self.adapters:
-            check_name(name, "adapter name")
-        if len(set(self.adapters)) != len(self.adapters):
-            raise ValueError(f"adapter_setup: got {list(self.adapters)} with repeated names; expected distinct "
+        for member in self.adapters:
+            if isinstance(member, AdapterSetup):
+                if member.kind not in NESTING[self.kind]:
+                    allowed = NESTING[self.kind]
+                    raise ValueError(f"adapter_setup: cannot nest {member} in a {self.kind!r} setup; expected "
+                                     + (f"adapter names or {' or '.join(allowed)} setups." if allowed
+                                        else "adapter names."))
+            else:
+                check_name(member, "adapter name")
+        keys = self.member_names()
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"adapter_setup: got {list(keys)} with repeated names; expected distinct "
                              "adapter names.")
         if self.kind == "single" and len(self.adapters) != 1:
             raise ValueError(f"adapter_setup: a single adapter setup needs one name; got {list(self.adapters)}.")
-        if self.kind == "fuse" and len(self.adapters) < 2:
-            raise ValueError(f"adapter_setup: got {list(self.adapters)}; a fusion needs at least two adapters "
-                             "(pass the name alone to run one adapter).")
-        if self.kind == "per_row" and not self.adapters:
-            raise ValueError("adapter_setup: a per-row setup needs at least one adapter.")
+        if self.kind in ("fuse", "average") and len(self.adapters) < 2:
+            what = "a fusion" if self.kind == "fuse" else "an average"
+            raise ValueError(f"adapter_setup: got {list(self.adapters)}; {what} needs at least two adapters (pass "
+                             "the name alone to run one adapter).")
+        if self.kind in ("stack", "per_row") and not self.adapters:
+            raise ValueError(f"adapter_setup: a {self.kind} setup needs at least one adapter.")
         if self.fusion_name is not None:
             if self.kind != "fuse":
                 raise ValueError(f"adapter_setup: fusion_name {self.fusion_name!r} given for a {self.kind!r} setup; "
                                  "only a fusion has a name.")
             check_name(self.fusion_name, "fusion name")
+        if self.kind == "average":
+            weights = self.weights if self.weights is not None else [1.0 / len(self.adapters)] * len(self.adapters)
+            if isinstance(weights, (str, dict)) or not hasattr(weights, "__len__") or len(weights) != len(
+                    self.adapters) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                              and math.isfinite(w) for w in weights):
+                raise ValueError(f"adapter_setup: average weights {self.weights!r}; expected {len(self.adapters)} "
+                                 "finite numbers, one per member.")
+            object.__setattr__(self, "weights", tuple(float(w) for w in weights))
+        elif self.weights is not None:
+            raise ValueError(f"adapter_setup: weights {self.weights!r} given for a {self.kind!r} setup; only an "
+                             "average has weights.")
+        _check_depth(self, 0)
 
     # ---------------------------------------------------------- constructors
     @classmethod
@@ -97,11 +146,40 @@ class AdapterSetup:
         return cls((name,), "single")
 
     @classmethod
+    def stack(cls, members):
+        """The `members` (names, fusions or averages) one after another in each slot; one name is `single`."""
+        members = tuple(_member(m) for m in members) if isinstance(members, (list, tuple)) else members
+        if isinstance(members, tuple) and len(members) == 1 and isinstance(members[0], str):
+            return cls.single(members[0])
+        return cls(members, "stack")
+
+    @classmethod
     def fuse(cls, adapter_names, name=None):
-        """AdapterFusion over `adapter_names` (a list, or AdapterHub's `"a,b"`); `name` names the fusion."""
+        """AdapterFusion over `adapter_names` (a list of names or stacks, or AdapterHub's `"a,b"`); `name` names it."""
         if isinstance(adapter_names, str):
             adapter_names = adapter_names.split(",")
-        return cls(tuple(adapter_names), "fuse", name)
+        if isinstance(adapter_names, (list, tuple)):
+            adapter_names = tuple(_member(m) for m in adapter_names)
+        return cls(adapter_names, "fuse", name)
+
+    @classmethod
+    def average(cls, members, weights=None, normalize_weights=True):
+        """The weighted mean of the `members`' outputs (names or stacks), as AdapterHub's `Average`.
+
+        `weights` default to equal; with `normalize_weights` they are divided by their sum (AdapterHub's
+        default). AdapterHub then takes the *mean* of the weighted outputs, `sum_n w_n out_n / N`, and the
+        slot does the same (see `AdapterSlot`).
+        """
+        if isinstance(members, (list, tuple)):
+            members = tuple(_member(m) for m in members)
+        if weights is not None and normalize_weights:
+            if isinstance(weights, (list, tuple)) and all(isinstance(w, (int, float)) for w in weights):
+                total = sum(weights)
+                if total == 0:
+                    raise ValueError(f"adapter_setup: average weights {list(weights)} sum to 0; expected weights "
+                                     "with a non-zero sum (or normalize_weights=False).")
+                weights = [w / total for w in weights]
+        return cls(members, "average", None, None if weights is None else tuple(weights))
 
     @classmethod
     def per_row(cls, adapter_names):
@@ -113,8 +191,9 @@ class AdapterSetup:
         """An `AdapterSetup` (or `None`) from any of the forms users and configs write.
 
         Accepts `None`, an `AdapterSetup`, an adapter name, AdapterHub's fusion
-        name `"a,b"`, a list of two or more names, a `token()` string, or a
-        `to_config()` dict.
+        name `"a,b"`, a list of two or more names, a `token()` string, a
+        `to_config()` dict, or an AdapterHub composition dict (`to_dict()` of
+        `Stack`, `Fuse`, `Average`).
         """
         if value is None or isinstance(value, cls):
             return value
@@ -128,10 +207,17 @@ class AdapterSetup:
                 return cls.fuse(value.split(","))
             return cls.single(value)
         if isinstance(value, dict):
-            if set(value) - {"adapters", "kind", "fusion_name"} or "adapters" not in value:
+            if "type" in value and "children" in value:
+                return cls.from_adapterhub(value)
+            if set(value) - {"adapters", "kind", "fusion_name", "weights"} or "adapters" not in value:
                 raise ValueError(f"adapter_setup: got {value!r}; expected keys 'adapters', 'kind' and optionally "
-                                 "'fusion_name'.")
-            return cls(tuple(value["adapters"]), value.get("kind", "single"), value.get("fusion_name"))
+                                 "'fusion_name' or 'weights'.")
+            members = value["adapters"]
+            if isinstance(members, (list, tuple)):
+                members = tuple(_member(m) for m in members)
+            weights = value.get("weights")
+            return cls(members, value.get("kind", "single"), value.get("fusion_name"),
+                       tuple(weights) if isinstance(weights, list) else weights)
         if isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
             return cls.fuse(value)
         raise ValueError(
@@ -139,37 +225,123 @@ class AdapterSetup:
             "to fuse, or an AdapterSetup."
         )
 
+    @classmethod
+    def from_adapterhub(cls, data):
+        """The setup of an AdapterHub composition dict (`Stack(...).to_dict()`; `Stack`, `Fuse`, `Average`)."""
+        kinds = {v: k for k, v in ADAPTERHUB_TYPES.items()}
+        if not isinstance(data, dict) or "type" not in data or not isinstance(data.get("children"), list):
+            raise ValueError(f"adapter_setup: got {data!r}; expected an AdapterHub composition dict with 'type' and "
+                             "'children'.")
+        kind = data["type"]
+        if kind == "single":
+            if len(data["children"]) != 1:
+                raise ValueError(f"adapter_setup: a 'single' AdapterHub block holds one name; got {data['children']}.")
+            return cls.single(data["children"][0])
+        if kind not in kinds:
+            raise ValueError(f"adapter_setup: AdapterHub composition {kind!r} is not supported; expected one of "
+                             f"{sorted(kinds)} (or 'single').")
+        members = [cls.from_adapterhub(c) for c in data["children"]]
+        kwargs = data.get("kwargs") or {}
+        if kind == "Average":
+            return cls.average(members, kwargs.get("weights"), normalize_weights=False)
+        if kwargs:
+            raise ValueError(f"adapter_setup: unexpected kwargs {kwargs} for AdapterHub's {kind}; expected none.")
+        return cls.stack(members) if kind == "Stack" else cls.fuse(members)
+
+    def to_adapterhub(self):
+        """The AdapterHub composition dict of this setup (what `AdapterCompositionBlock.to_dict()` writes)."""
+        if self.kind == "single":
+            return {"type": "Stack", "children": [{"type": "single", "children": [self.adapters[0]]}]}
+        if self.kind not in ADAPTERHUB_TYPES:
+            raise ValueError(f"adapter_setup: a {self.kind!r} setup has no AdapterHub composition dict.")
+        out = {"type": ADAPTERHUB_TYPES[self.kind],
+               "children": [m.to_adapterhub() if isinstance(m, AdapterSetup) else {"type": "single", "children": [m]}
+                            for m in self.adapters]}
+        if self.kind == "average":
+            out["kwargs"] = {"weights": list(self.weights)}
+        return out
+
     # ---------------------------------------------------------------- views
+    def names(self):
+        """Every adapter name the setup runs, in order of first appearance."""
+        out = []
+        for member in self.adapters:
+            for name in (member.names() if isinstance(member, AdapterSetup) else (member,)):
+                if name not in out:
+                    out.append(name)
+        return tuple(out)
+
+    def last(self):
+        """The last adapter name of the setup (AdapterHub's `last()`: the one whose config ends a slot)."""
+        member = self.adapters[-1]
+        return member.last() if isinstance(member, AdapterSetup) else member
+
+    def first(self):
+        """The first adapter name of the setup (AdapterHub's `first()`)."""
+        member = self.adapters[0]
+        return member.first() if isinstance(member, AdapterSetup) else member
+
+    def member_names(self):
+        """Each member's name, a nested setup counting as its last adapter (the keys of a fusion)."""
+        return tuple(m.last() if isinstance(m, AdapterSetup) else m for m in self.adapters)
+
+    def is_flat(self):
+        """Whether every member is an adapter name."""
+        return not any(isinstance(m, AdapterSetup) for m in self.adapters)
+
+    def fusions(self):
+        """The fusion setups in this setup (itself included), in the order they run."""
+        out = [f for m in self.adapters if isinstance(m, AdapterSetup) for f in m.fusions()]
+        return out + [self] if self.kind == "fuse" else out
+
     @property
     def fusion_key(self):
         """The key of the fusion layer this setup runs (`"fuse"` only)."""
         if self.kind != "fuse":
             raise ValueError(f"adapter_setup: a {self.kind!r} setup has no fusion.")
-        return fusion_key(self.adapters, self.fusion_name)
+        return fusion_key(self.member_names(), self.fusion_name)
 
     def to_config(self):
         """A JSON-able form `parse` reads back: a name, a list of names, or a dict when needed."""
         if self.kind == "single":
             return self.adapters[0]
-        if self.kind == "fuse" and self.fusion_name is None:
+        if self.kind == "fuse" and self.fusion_name is None and self.is_flat():
             return list(self.adapters)
-        out = {"adapters": list(self.adapters), "kind": self.kind}
+        out = {"adapters": [m.to_config() if isinstance(m, AdapterSetup) else m for m in self.adapters],
+               "kind": self.kind}
         if self.fusion_name is not None:
             out["fusion_name"] = self.fusion_name
+        if self.weights is not None:
+            out["weights"] = list(self.weights)
         return out
 
     def token(self):
         """The setup as one string, for passing through a layer call (see the module docstring)."""
-        return json.dumps({"adapters": list(self.adapters), "kind": self.kind, "fusion_name": self.fusion_name},
-                          separators=(",", ":"))
+        return json.dumps(self._token_dict(), separators=(",", ":"))
+
+    def _token_dict(self):
+        return {"adapters": [m._token_dict() if isinstance(m, AdapterSetup) else m for m in self.adapters],
+                "kind": self.kind, "fusion_name": self.fusion_name,
+                "weights": None if self.weights is None else list(self.weights)}
 
     def __str__(self):
         if self.kind == "single":
             return self.adapters[0]
-        if self.kind == "fuse":
-            label = f"Fuse({', '.join(self.adapters)})"
-            return label if self.fusion_name is None else f"{label} named {self.fusion_name!r}"
-        return f"PerRow({', '.join(self.adapters)})"
+        inner = ", ".join(str(m) for m in self.adapters)
+        if self.kind == "average":
+            inner += f"; weights {', '.join(f'{w:g}' for w in self.weights)}"
+        label = f"{_LABELS[self.kind]}({inner})"
+        return label if self.fusion_name is None else f"{label} named {self.fusion_name!r}"
+
+
+def _member(value):
+    """A member of a setup: an adapter name as it is, a nested form parsed (a single setup becomes its name)."""
+    if isinstance(value, str):
+        return value
+    setup = AdapterSetup.parse(value)
+    if setup is None:
+        raise ValueError("adapter_setup: got None as a member of a setup; expected an adapter name or a setup.")
+    return setup.adapters[0] if setup.kind == "single" else setup
 
 
 def call_form(setup, inputs):

@@ -1,5 +1,7 @@
 """`AdapterSlot`: one adapter location of a transformer block, with its adapters and fusions."""
 
+import collections
+
 import keras
 from keras import ops
 
@@ -7,6 +9,15 @@ from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 
 LOCATIONS = ("mh", "output")
+
+
+class _State(collections.namedtuple("_State", ["hidden", "residual", "up", "last", "probs"],
+                                    defaults=(None, None, None))):
+    """What flows through a slot's composition (AdapterHub's `BottleneckState`; see `AdapterSlot._compose`)."""
+
+
+class _Run(collections.namedtuple("_Run", ["x", "norm", "training", "regularize"])):
+    """What stays fixed through one slot's composition: the sublayer input, the LayerNorm, the call flags."""
 
 
 @keras.saving.register_keras_serializable(package="keras_adapterfusion")
@@ -26,8 +37,19 @@ class AdapterSlot(keras.layers.Layer):
       adapter, and the post-forward (`original_ln_after`);
     - a fusion: the pre-forward of the last fused adapter present, every
       present adapter side by side, their `AdapterFusion`, the post-forward;
+    - a stack: each adapter's pre-forward and the adapter, one after
+      another, then the last one's post-forward;
+    - an average: the first adapter's pre-forward, every member on its
+      result, the mean of the weighted outputs (`sum_n w_n out_n / N`, as
+      AdapterHub computes it), the last one's post-forward;
+    - nested setups (a fusion or an average inside a stack, stacks inside
+      a fusion or an average): the same steps on the running state, as
+      AdapterHub's `compose` recurses (a stack inside a fusion contributes
+      its last adapter's up projection);
     - per row (MT-A): each example takes the output of the adapter its
       `adapter_index` selects.
+
+    Adapters absent from this block (`leave_out`) are skipped, as in AdapterHub.
 
     The slot holds no weights of its own. The block owns the LayerNorm the slot
     uses (a pretrained weight) and passes it to `forward`; the block also
@@ -111,46 +133,108 @@ class AdapterSlot(keras.layers.Layer):
             return norm(out + x)
         return out
 
-    def _single(self, name, h, x, norm, training):
-        if name not in self.adapters:
-            return norm(h + x)
-        config = self._configs[name]
-        a, _, residual = self.pre_forward(config, h, x, norm)
-        out = self.adapters[name](a, None if config.is_parallel else residual, training=training)
-        return self.post_forward(config, out, h, x, norm)
+    # The composition, as AdapterHub's `BottleneckLayer.compose`: a `_State` goes through the setup's tree;
+    # each step reads and replaces its `hidden` (the running hidden states) and `residual` (the adapter
+    # residual); `up` is the last adapter's up projection (what a fusion attends over), `last` the adapter
+    # whose config ends the slot (`post_forward`), `probs` the attention of the last fusion run.
+    def _compose(self, setup, state, run):
+        if setup.kind in ("single", "stack"):
+            for member in setup.adapters:
+                if isinstance(member, AdapterSetup):
+                    state = self._compose(member, state, run)
+                elif member in self.adapters:
+                    state = self._apply(member, self._pre_block(member, state, run), run)
+            return state
+        if setup.kind == "fuse":
+            return self._compose_fuse(setup, state, run)
+        return self._compose_average(setup, state, run)
 
-    def _per_row(self, setup, h, x, norm, adapter_index, training):
-        # Every example takes the output of the adapter its index selects; the adapters
-        # are small, so running each on the whole batch is cheap.
-        out = None
-        for i, name in enumerate(setup.adapters):
-            candidate = self._single(name, h, x, norm, training)
-            if out is None:
-                out = candidate
-            else:
-                chosen = ops.reshape(ops.equal(adapter_index, i), (-1, 1, 1))
-                out = ops.where(chosen, candidate, out)
-        return out
+    def _present(self, member):
+        return any(n in self.adapters for n in member.names()) if isinstance(member, AdapterSetup) \
+            else member in self.adapters
 
-    def _fuse(self, setup, h, x, norm, training, regularize=True):
-        present = [n for n in setup.adapters if n in self.adapters]
-        if not present:
-            return norm(h + x), None
+    def _pre_block(self, name, state, run):
+        a, _, residual = self.pre_forward(self._configs[name], state.hidden, run.x, run.norm)
+        return state._replace(hidden=a, residual=residual)
+
+    def _apply(self, name, state, run):
+        """Adapter `name` on the state's hidden states (AdapterHub's `compose_single`): its output and up projection."""
+        adapter, config = self.adapters[name], self._configs[name]
+        residual = None if config.is_parallel else state.residual  # a parallel adapter adds no residual itself
+        up = adapter(state.hidden, up_only=True)
+        out = adapter.output_from_up(up, residual, training=run.training)
+        return state._replace(hidden=out, up=up, last=name)
+
+    def _compose_fuse(self, setup, state, run):
+        members = [m for m in setup.adapters if self._present(m)]
+        if not members:
+            return state
         if setup.fusion_key not in self.fusions:
             raise ValueError(
                 f"adapter_setup: no fusion {setup.fusion_key!r} in block {self.block_index}; "
                 f"expected one of {sorted(self.fusions)} (add it with add_fusion)."
             )
         fusion = self.fusions[setup.fusion_key]
-        # AdapterHub: the last fused adapter's config decides the residual.
-        config = self._configs[present[-1]]
-        a, query, residual = self.pre_forward(config, h, x, norm, fusion.query_before_ln)
+        # AdapterHub: the last fused adapter's config decides the input and the residual.
+        last = [n for n in setup.names() if n in self.adapters][-1]
+        config = self._configs[last]
+        a, query, residual = self.pre_forward(config, state.hidden, run.x, run.norm, fusion.query_before_ln)
         # (Parallel adapters: AdapterHub's fusion adds their input `x` as its residual, and the
         # post-forward adds `h` and `x` again: `LN(fused + x + h + x)`, reproduced as it is.)
-        # All adapters side by side, in a few products (AdapterFusion.fuse_adapters).
-        out, probs = fusion.fuse_adapters(query, a, [self.adapters[n] for n in present], residual, training=training,
-                                          regularize=regularize)
-        return self.post_forward(config, out, h, x, norm), probs
+        state = state._replace(hidden=a, residual=residual)
+        if all(isinstance(m, str) for m in members):
+            # All adapters side by side, in a few products (AdapterFusion.fuse_adapters).
+            out, probs = fusion.fuse_adapters(query, a, [self.adapters[n] for n in members], residual,
+                                              training=run.training, regularize=run.regularize)
+        else:
+            # A stack among the members contributes its last adapter's up projection (AdapterHub: each
+            # stack re-runs the pre-forward of its adapters on the fusion's input).
+            ups = [(self._compose(m, state, run) if isinstance(m, AdapterSetup) else self._apply(m, state, run)).up
+                   for m in members]
+            out, probs = fusion(query, ops.stack(ups, axis=2), residual, training=run.training,
+                                regularize=run.regularize)
+        return state._replace(hidden=out, last=last, probs=probs)
+
+    def _compose_average(self, setup, state, run):
+        members = [(m, w) for m, w in zip(setup.adapters, setup.weights) if self._present(m)]
+        if not members:
+            return state
+        # AdapterHub: the first adapter's pre-forward, every member on its result, then the mean of the
+        # weighted outputs, `sum_n w_n out_n / N` (torch.mean over the weighted stack).
+        state = self._pre_block([n for n in setup.names() if n in self.adapters][0], state, run)
+        outs = []
+        for m, w in members:
+            child = self._compose(m, state, run) if isinstance(m, AdapterSetup) else self._apply(m, state, run)
+            outs.append((child, w))
+        # The weights in float32, whatever the compute dtype (AdapterHub's `torch.tensor(weights)`; in a
+        # float64 model 0.7 is then float32's 0.699999988).
+        weights = [ops.cast(ops.convert_to_tensor(w, "float32"), outs[0][0].hidden.dtype) for _, w in outs]
+        hidden = outs[0][0].hidden * weights[0]
+        for (child, _), w in zip(outs[1:], weights[1:]):
+            hidden = hidden + child.hidden * w
+        return outs[0][0]._replace(hidden=hidden / len(outs), last=outs[-1][0].last,
+                                   probs=next((c.probs for c, _ in reversed(outs) if c.probs is not None), None))
+
+    def _run(self, setup, h, x, norm, training, regularize=True):
+        """The slot's output for a composed setup (not per-row), and the last fusion's probabilities."""
+        if not any(n in self.adapters for n in setup.names()):
+            return norm(h + x), None
+        run = _Run(x, norm, training, regularize)
+        state = self._compose(setup, _State(hidden=h, residual=x), run)
+        return self.post_forward(self._configs[state.last], state.hidden, h, x, norm), state.probs
+
+    def _per_row(self, setup, h, x, norm, adapter_index, training):
+        # Every example takes the output of the adapter its index selects; the adapters
+        # are small, so running each on the whole batch is cheap.
+        out = None
+        for i, name in enumerate(setup.adapters):
+            candidate, _ = self._run(AdapterSetup.single(name), h, x, norm, training)
+            if out is None:
+                out = candidate
+            else:
+                chosen = ops.reshape(ops.equal(adapter_index, i), (-1, 1, 1))
+                out = ops.where(chosen, candidate, out)
+        return out
 
     def forward(self, h, x, norm, setup, adapter_index=None, training=None, regularize=True):
         """The slot's output for sublayer output `h`, sublayer input `x` and the block's LayerNorm `norm`.
@@ -172,11 +256,9 @@ class AdapterSlot(keras.layers.Layer):
         if not isinstance(setup, AdapterSetup):
             raise ValueError(f"AdapterSlot.forward: got setup {setup!r}; expected an AdapterSetup or None "
                              "(parse it with AdapterSetup.parse).")
-        if setup.kind == "single":
-            return self._single(setup.adapters[0], h, x, norm, training), None
         if setup.kind == "per_row":
             return self._per_row(setup, h, x, norm, adapter_index, training), None
-        return self._fuse(setup, h, x, norm, training, regularize)
+        return self._run(setup, h, x, norm, training, regularize)
 
     def call(self, *args, **kwargs):
         raise NotImplementedError("AdapterSlot runs through AdapterSlot.forward, called by its block.")

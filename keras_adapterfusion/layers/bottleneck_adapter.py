@@ -179,6 +179,14 @@ class BottleneckAdapter(keras.layers.Layer):
         up = self.up_projection(inputs)
         if up_only:
             return up
+        return self.output_from_up(up, residual, training=training)
+
+    def output_from_up(self, up, residual=None, training=None):
+        """The adapter's output from its scaled up projection `up` (dropout, `ln_after`, the residual).
+
+        `call` is `output_from_up(up_projection(inputs), residual)`; a slot that needs both the up
+        projection (for a fusion over stacks) and the output calls the two steps itself.
+        """
         out = self.dropout_layer(up, training=training)
         if residual is not None and self.adapter_residual_before_ln:
             out = out + residual

@@ -96,17 +96,28 @@ def _ensure_adapter(encoder, name, config):
 
 
 def build_adapter_model(encoder, adapter_name, head=None, num_labels=None, adapter_config=None,
-                        name=None, **load_kwargs):
+                        name=None, stacked_on=(), **load_kwargs):
     """Stage 1, ST-A: one adapter (added if the encoder lacks it) and its head train.
 
     `adapter_config` (default `"seq_bn"`) configures a new adapter; for an existing
-    one it must match or be left out.
+    one it must match or be left out. `stacked_on` names adapters already in the
+    encoder that run below it, frozen (MAD-X trains a task adapter on a language
+    adapter this way): the model runs `AdapterSetup.stack([*stacked_on, adapter_name])`.
     """
     encoder = resolve_encoder(encoder, **load_kwargs)
     head = resolve_head(head, num_labels)
+    below = [stacked_on] if isinstance(stacked_on, str) else list(stacked_on)
+    missing = [n for n in below if n not in encoder.adapter_configs]
+    if missing:
+        raise ValueError(f"build_adapter_model: stacked_on names {missing}, not in the encoder; expected names from "
+                         f"{sorted(encoder.adapter_configs)} (train or load them first).")
+    if adapter_name in below:
+        raise ValueError(f"build_adapter_model: stacked_on {below} holds the adapter that trains, {adapter_name!r}; "
+                         "expected only the adapters below it.")
     _ensure_adapter(encoder, adapter_name, adapter_config)
     spec = make_spec(adapters=[adapter_name], heads=True)
-    return _model(encoder, head, adapter_name, spec, name or f"st_a_{adapter_name}")
+    setup = AdapterSetup.stack([*below, adapter_name])
+    return _model(encoder, head, setup, spec, name or f"st_a_{adapter_name}")
 
 
 def build_multitask_model(encoder, heads, adapter_config=None, name="mt_a", **load_kwargs):
