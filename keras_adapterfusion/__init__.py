@@ -57,6 +57,7 @@ _LAZY = {
     "load_encoder": "keras_adapterfusion.backbones",
     "from_keras_hub": "keras_adapterfusion.backbones",
     "load_tokenizer": "keras_adapterfusion.backbones",
+    "merge_adapters": "keras_adapterfusion.backbones",
     "AdapterModel": "keras_adapterfusion.models",
     "MultiTaskModel": "keras_adapterfusion.models",
 }

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 from conftest import (BACKBONES, FIXTURES, FLOAT64_EXACT, FLOAT64_SKIP, FUSION_CASE, TINY_BERT, base_shape,
                       max_abs, model_inputs)
 from parity import assert_parity, bounds_for
-from keras_adapterfusion import AdapterSetup, CheckpointError, load_encoder
+from keras_adapterfusion import AdapterModel, AdapterSetup, CheckpointError, load_encoder, merge_adapters
 from keras_adapterfusion.formats import adapterhub
 from keras_adapterfusion.layers import BottleneckAdapter
 
@@ -73,6 +73,34 @@ def test_fixture_parity(reference_form, dtype, request):
 VARIANT_CASES = sorted(os.listdir(VARIANTS)) if os.path.isdir(VARIANTS) else []
 
 
+def merged_case_model(directory, spec, base, dtype):
+    """The merge case: "a" and "b" merged by `merge_adapters` as `adapters`' `average_adapter` merged them.
+
+    `adapters` merged in float32 (before its float64 run widened the model), so the float64 model runs the
+    merged adapter it saved, and the merge itself is checked against that file to float32 rounding.
+    """
+    merge = spec["merge"]
+    encoder = load_encoder(base, dtype=dtype)
+    for n in merge["adapters"]:
+        adapterhub.load_adapter(encoder, os.path.join(directory, n))
+    merge_adapters(encoder, merge["name"], merge["adapters"], weights=merge["weights"])
+    saved = load_encoder(base, dtype=dtype)
+    adapterhub.load_adapter(saved, os.path.join(directory, merge["name"]))
+    mine, theirs = encoder.adapter_weights(merge["name"]), saved.adapter_weights(merge["name"])
+    sources = zip(*(encoder.adapter_weights(n) for n in merge["adapters"]))
+    assert [v.path for v in mine] == [v.path for v in theirs] and mine
+    for a, b, terms in zip(mine, theirs, sources):
+        a, b = ops.convert_to_numpy(a).astype("float64"), ops.convert_to_numpy(b).astype("float64")
+        # `adapters` rounds each product and each sum in float32 (2N - 1 roundings of half an ulp); with weights
+        # summing to 1 every partial result is at most max |term| in magnitude.
+        largest = max(float(np.abs(ops.convert_to_numpy(t)).max()) for t in terms)
+        bound = (2 * len(merge["adapters"]) - 1) * 2.0**-24 * largest
+        assert np.abs(a - b).max() <= bound, (np.abs(a - b).max(), bound)
+    model_encoder = saved if dtype == "float64" else encoder
+    head = adapterhub.load_head(os.path.join(directory, "head"), model_encoder)[0]
+    return AdapterModel(model_encoder, head, adapter_setup=merge["name"])
+
+
 def check_variant_parity(case, dtype="float32"):
     """Load reference variant `case` (a fusion in both forms) in `dtype` and check it against its bounds.
 
@@ -84,7 +112,9 @@ def check_variant_parity(case, dtype="float32"):
     base = os.path.join(BACKBONES, spec["base"])
     names = list(spec["adapters"])
     ref = reference_for(directory, dtype)
-    if "setup" in spec:
+    if "merge" in spec:
+        models = {"merged": merged_case_model(directory, spec, base, dtype)}
+    elif "setup" in spec:
         # A composition, given in AdapterHub's own dict form (the one `adapters` wrote the case with).
         models = {f"{AdapterSetup.parse(spec['setup'])}" + (f", reference_form={rf}" if spec["fusion"] else ""):
                   adapterhub.load_composition_model(

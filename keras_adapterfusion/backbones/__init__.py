@@ -7,6 +7,7 @@
 - `keras_hub_models`: `from_keras_hub`, an encoder from a keras-hub text backbone.
 - `keras_hub_tokenizers`: `keras_hub_tokenizer`, a keras-hub tokenizer written as a Hugging Face tokenizer.
 - `copying`: `copy_encoder`, the one way to copy an encoder with a chosen set of adapters and fusions.
+- `merging`: `merge_adapters`, a new adapter from the weighted weights of trained ones.
 
 The names below load on first use, so `backbones.checkpoint` can be imported
 without Keras (the command line checks an encoder before it imports TensorFlow).
@@ -21,6 +22,7 @@ _LAZY = {
     "keras_hub_tokenizer": "keras_adapterfusion.backbones.keras_hub_tokenizers",
     "load_encoder": "keras_adapterfusion.backbones.huggingface",
     "load_tokenizer": "keras_adapterfusion.backbones.huggingface",
+    "merge_adapters": "keras_adapterfusion.backbones.merging",
 }
 
 __all__ = sorted(_LAZY)
