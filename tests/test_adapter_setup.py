@@ -93,11 +93,17 @@ AVERAGE_STACKS = AdapterSetup.average([AdapterSetup.stack(["lang", "a"]), Adapte
     (AVERAGE, ("a", "b", "c"), "Average(a, b, c; weights 0.125, 0.25, 0.625)", "Average(a, b, c)"),
     (AVERAGE_STACKS, ("lang", "a", "b"), "Average(Stack(lang, a), Stack(lang, b); weights 0.5, 0.5)",
      "Average(Stack(lang, a), Stack(lang, b))"),
+    (AdapterSetup.fuse(["a", "b", "c"]).controlled(exclude=["c"], fixed={"a": 0.25}), ("a", "b", "c"),
+     "Fuse(a, b, c; without c; fixed a=0.25)", None),
 ])
 def test_compositions_parse_round_trip_and_speak_adapterhub(setup, names, text, hub):
     assert setup.names() == names and str(setup) == text
     assert AdapterSetup.parse(setup.token()) == setup
     assert AdapterSetup.parse(json.loads(json.dumps(setup.to_config()))) == setup
+    if hub is None:  # AdapterHub has no such setup
+        with pytest.raises(ValueError, match="has no AdapterHub composition dict"):
+            setup.to_adapterhub()
+        return
     # AdapterHub's own dict form (`AdapterCompositionBlock.to_dict()`), both ways.
     assert AdapterSetup.parse(setup.to_adapterhub()) == setup
     def render(d):
@@ -165,7 +171,10 @@ def test_a_stack_of_one_name_and_a_fusion_inside_a_stack_of_one_run_as_themselve
                        enc(x, adapter_setup=same)["last_hidden_state"]) == 0.0
 
 
-@pytest.mark.parametrize("setup", [STACK, LANG_FUSE, FUSE_STACK, AVERAGE_STACKS], ids=str)
+CONTROLLED = AdapterSetup.stack(["lang", AdapterSetup.fuse(["a", "b"]).controlled(fixed={"a": 0.3})])
+
+
+@pytest.mark.parametrize("setup", [STACK, LANG_FUSE, FUSE_STACK, AVERAGE_STACKS, CONTROLLED], ids=str)
 def test_composed_models_save_load_and_build_symbolically(setup, tmp_path):
     enc = composed_encoder()
     head = ClassificationHead(2, dropout=0.0)

@@ -614,3 +614,28 @@ def test_fused_adapters_must_share_slot_flags():
     assert all(not b.fusion_specs for b in encoder.blocks)
 
 
+
+
+@pytest.mark.parametrize("fixed", [(0.25, float("nan"), float("nan")), (0.2, 0.3, 0.5)])
+def test_fixed_fusion_weights_by_hand(fixed):
+    """Fixed attention weights (AdapterSetup.controlled): the fast form and the literal form against numpy."""
+    adapters = [BottleneckAdapter(bottleneck_size=s, init_weights="houlsby") for s in (4, 8, 2)]
+    fusion = AdapterFusion.from_fusion_config("dynamic", dropout_prob=0.0)
+    x = keras.random.normal((2, 5, BH), seed=3)
+    for layer in adapters + [fusion]:
+        layer.build(x.shape)
+    for v in [w for layer in adapters + [fusion] for w in layer.weights]:
+        v.assign(v + keras.random.normal(v.shape, stddev=0.3, seed=7))
+    ups = np.stack([ops.convert_to_numpy(a(x, up_only=True)) for a in adapters], axis=2)
+    _, learned = fusion(x, ups, x)
+    learned = ops.convert_to_numpy(learned)
+    is_fixed = ~np.isnan(fixed)
+    free = np.where(is_fixed, 0.0, learned)
+    free = free / free.sum(-1, keepdims=True) if not is_fixed.all() else free
+    expected = np.where(is_fixed, np.nan_to_num(fixed), free * (1.0 - np.nansum(fixed)))
+    mix = np.einsum("btn,btnh->bth", expected, ups) @ ops.convert_to_numpy(fusion.value_dense.kernel)
+    want = mix + ops.convert_to_numpy(x)
+    # float32 (eps 1.2e-7), sums of at most 16 terms: 1e-5 is ~80 eps, far below what a wrong weight gives.
+    for out, probs in (fusion(x, ups, x, fixed=fixed), fusion.fuse_adapters(x, x, adapters, x, fixed=fixed)):
+        np.testing.assert_allclose(ops.convert_to_numpy(probs), expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ops.convert_to_numpy(out), want, rtol=1e-5, atol=1e-5)

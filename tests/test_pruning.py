@@ -91,6 +91,75 @@ def test_pruned_model_equals_a_model_built_with_the_kept_adapters(fused):
     assert max_abs(keras.ops.convert_to_numpy(model(x)), before) == 0.0
 
 
+def kept_reference(model, kept):
+    """The fusion model built from scratch over only `kept`, with `model`'s weights (the hand equivalent)."""
+    encoder = load_encoder(TINY_BERT, hidden_dropout=0.0, attention_dropout=0.0)
+    for name in kept:
+        encoder.add_adapter(name, "seq_bn")
+        for old, new in zip(model.encoder.adapter_weights(name), encoder.adapter_weights(name)):
+            new.assign(old)
+    reference = builders.build_fusion_model(encoder, kept, num_labels=2)
+    for old, new in zip(model.encoder.fusion_weights(NAMES), encoder.fusion_weights(kept)):
+        new.assign(old)
+    reference.head.set_weights(model.head.get_weights())
+    return reference
+
+
+@pytest.mark.parametrize("excluded", [["b"], ["a", "c"]])
+def test_excluding_adapters_equals_the_fusion_built_without_them(fused, excluded):
+    """adapters issue #391: leave trained adapters out of a fusion at inference, without retraining."""
+    x = inputs()
+    before = keras.ops.convert_to_numpy(fused(x))
+    controlled = pruning.control_fusion(fused, exclude=excluded)
+    assert controlled.encoder is fused.encoder and controlled.head is fused.head
+    kept = [n for n in NAMES if n not in excluded]
+    got = numpy_outputs(controlled, x)
+    if len(kept) >= 2:
+        want = numpy_outputs(kept_reference(fused, kept), x)
+        for key in ("logits", "last_hidden_state"):
+            assert max_abs(got[key], want[key]) <= 1e-6, key
+        columns = [NAMES.index(n) for n in kept]
+        assert max_abs(got["fusion_attentions"][..., columns], want["fusion_attentions"]) <= 1e-6
+    # Excluded adapters are reported with attention 0; the kept ones share all of it.
+    probs = got["fusion_attentions"]
+    assert probs.shape[-1] == 3
+    assert np.all(probs[..., [NAMES.index(n) for n in excluded]] == 0.0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+    if len(kept) == 1:
+        assert np.all(probs[..., NAMES.index(kept[0])] == 1.0)
+    assert max_abs(keras.ops.convert_to_numpy(fused(x)), before) == 0.0
+
+
+def test_prune_fusion_is_the_exclusion_copied(fused):
+    x = inputs()
+    pruned = pruning.prune_fusion(fused, x, keep=2)
+    controlled = pruning.control_fusion(fused, exclude=pruned.pruning["dropped"])
+    assert max_abs(keras.ops.convert_to_numpy(pruned(x)), keras.ops.convert_to_numpy(controlled(x))) <= 1e-6
+
+
+def test_fixed_weights_hold_on_every_token(fused):
+    x = inputs()
+    controlled = pruning.control_fusion(fused, fixed={"a": 0.5})
+    # b and c share the other half in the proportions of the fusion's own softmax over b and c alone (the
+    # fusion with a excluded). Blocks run on what the earlier blocks gave, so the first block is where the
+    # two see the same input.
+    free = numpy_outputs(pruning.control_fusion(fused, exclude=["a"]), x)["fusion_attentions"]
+    probs = numpy_outputs(controlled, x)["fusion_attentions"]
+    assert np.all(probs[..., 0] == 0.5)
+    np.testing.assert_allclose(probs[0, ..., 1:], 0.5 * free[0, ..., 1:], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+    every = numpy_outputs(pruning.control_fusion(fused, fixed={"a": 0.2, "b": 0.3, "c": 0.5}), x)
+    assert np.all(every["fusion_attentions"] == np.array([0.2, 0.3, 0.5], "float32"))
+    for kwargs, message in (({"exclude": ["z"]}, "expected distinct members"),
+                            ({"exclude": NAMES}, "leaves no adapter"),
+                            ({"fixed": {"a": 0.7, "b": 0.6}}, "sum to 1.3"),
+                            ({"fixed": {"a": 0.2, "b": 0.3, "c": 0.4}}, "exactly 1 when every kept"),
+                            ({"fixed": {"b": 0.5}, "exclude": ["b"]}, "expected a kept member"),
+                            ({"fixed": {"a": 1.5}}, "expected a number in \\[0, 1\\]")):
+        with pytest.raises(ValueError, match=message):
+            pruning.control_fusion(fused, **kwargs)
+
+
 def test_dropped_blocks_compute_no_adapter(fused):
     model = fused
     x = inputs()

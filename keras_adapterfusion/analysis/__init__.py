@@ -1,8 +1,9 @@
-"""Looking into trained fusions: their attentions (`attentions`) and pruning adapters away (`pruning`).
+"""Looking into trained fusions: their attentions (`attentions`), controlling and pruning adapters (`pruning`).
 
 - `attentions`: `collect_fusion_attentions`, `plot_fusion_heatmap` (and the
   `FusionAttentionCallback` in `training.callbacks`).
-- `pruning`: `adapter_importance`, `prune_fusion`, `drop_adapters`.
+- `pruning`: `adapter_importance`, `control_fusion` (exclude adapters or fix their weights at inference),
+  `prune_fusion`, `drop_adapters`.
 
 `keras_adapterfusion.analysis.collect_fusion_attentions` and
 `plot_fusion_heatmap` (the names of the module this package replaced) load on

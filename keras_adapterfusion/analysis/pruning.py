@@ -48,9 +48,45 @@ def _adapter_model(model, what):
 def _fusion_model(model, what):
     _adapter_model(model, what)
     setup = model.adapter_setup
-    if setup is None or setup.kind != "fuse":
-        raise ValueError(f"{what}: model {model.name!r} runs adapter setup {str(setup)!r}; expected a fusion.")
+    if setup is None or setup.kind != "fuse" or not setup.is_flat():
+        raise ValueError(f"{what}: model {model.name!r} runs adapter setup {str(setup)!r}; expected a fusion over "
+                         "adapter names.")
     return setup
+
+
+def control_fusion(model, exclude=(), fixed=None, name=None):
+    """The fusion model with some adapters left out, or some attention weights fixed (no retraining).
+
+    A new `AdapterModel` on the same encoder and head (the weights are shared, nothing is copied) whose
+    setup is `model.adapter_setup.controlled(exclude, fixed)`: excluded adapters do not run and the
+    attention is a softmax over the others; fixed adapters get their weight on every token and the
+    others share the rest as the fusion's softmax over them decides (see `AdapterSetup.controlled`).
+    `prune_fusion` drops adapters through the same exclusion.
+
+    Args:
+        model: an `AdapterModel` whose `adapter_setup` is a fusion over adapter names.
+        exclude: names of fused adapters to leave out.
+        fixed: dict fused adapter name -> weight in [0, 1] (summing to at most 1; to exactly 1 when
+            every kept adapter is fixed).
+        name: the new model's name (default: the model's name with `_controlled`).
+
+    Returns:
+        A new `AdapterModel` sharing `model`'s encoder and head.
+
+    Example:
+
+    ```python
+    without_topic = control_fusion(fusion_model, exclude=["topic"])
+    half_sentiment = control_fusion(fusion_model, fixed={"sentiment": 0.5})
+    ```
+    """
+    from keras_adapterfusion.models.adapter_model import AdapterModel
+
+    setup = _fusion_model(model, "control_fusion")
+    controlled = setup.controlled(exclude=exclude, fixed=fixed)
+    return AdapterModel(model.encoder, model.head, adapter_setup=controlled,
+                        output_hidden_states=model.output_hidden_states, output_key=model.output_key,
+                        trainable_spec=model.trainable_spec, name=name or f"{model.name}_controlled")
 
 
 def adapter_importance(model, data, steps=None, batch_size=64):
@@ -96,11 +132,11 @@ def adapter_importance(model, data, steps=None, batch_size=64):
 def prune_fusion(model, data, keep, steps=None, batch_size=64, name=None):
     """A model that fuses only the `keep` adapters with the highest mean fusion attention on `data`.
 
-    The fusion's query, key and value projections do not depend on the number of fused
-    adapters, so the pruned model is the model built with only the kept adapters (in the
-    fusion's order), a fusion over them with the original fusion's weights, and the same
-    head: the same function as the original model would be with the other adapters removed.
-    It is a new model on a new encoder holding only what it runs; `model` is not changed.
+    The others are excluded as `control_fusion(model, exclude=...)` excludes them (the fusion's
+    query, key and value projections do not depend on the number of fused adapters), and the
+    result is copied onto a new encoder holding only what it runs: the kept adapters (in the
+    fusion's order), a fusion over them with the original fusion's weights, and the same head.
+    `model` is not changed.
 
     Args:
         model: an `AdapterModel` whose `adapter_setup` is a fusion.
@@ -133,7 +169,8 @@ def prune_fusion(model, data, keep, steps=None, batch_size=64, name=None):
     order = sorted(range(n), key=lambda i: (-importance[setup.adapters[i]], i))  # ties: the fusion's order
     chosen = sorted(order[:keep])
     kept = [setup.adapters[i] for i in chosen]
-    pruned = _rebuild(model, kept, drop_blocks=0, name=name or f"{model.name}_pruned")
+    excluded = control_fusion(model, exclude=[a for a in setup.adapters if a not in kept])
+    pruned = _rebuild(excluded, drop_blocks=0, name=name or f"{model.name}_pruned")
     pruned.pruning = {"kept": kept, "dropped": [a for a in setup.adapters if a not in kept],
                       "importance": importance}
     return pruned
@@ -172,14 +209,15 @@ def drop_adapters(model, blocks, name=None):
     if isinstance(blocks, bool) or not isinstance(blocks, (int, np.integer)) or not 0 <= blocks <= layers:
         raise ValueError(f"drop_adapters.blocks: got {blocks!r}; expected an int from 0 to {layers} (the number "
                          "of blocks).")
-    dropped = _rebuild(model, list(setup.adapters), drop_blocks=int(blocks), name=name or f"{model.name}_drop{blocks}")
+    dropped = _rebuild(model, drop_blocks=int(blocks), name=name or f"{model.name}_drop{blocks}")
     dropped.pruning = {**getattr(model, "pruning", {}), "dropped_blocks": int(blocks)}
     return dropped
 
 
-def _rebuild(model, adapters, drop_blocks, name):
-    """A new AdapterModel on a new encoder holding the base, `adapters` (left out of the first
-    `drop_blocks` blocks), the model's fusion over them (when it fuses) and a copy of its head."""
+def _rebuild(model, drop_blocks, name):
+    """A new AdapterModel on a new encoder holding the base, the adapters the model runs (left out of
+    the first `drop_blocks` blocks; a controlled fusion's excluded ones not at all), its fusion over
+    them (when it fuses; fixed weights kept) and a copy of its head."""
     import keras
 
     from keras_adapterfusion.backbones.copying import copy_encoder
@@ -188,8 +226,12 @@ def _rebuild(model, adapters, drop_blocks, name):
 
     encoder = model.encoder
     setup = model.adapter_setup
-    new_setup = AdapterSetup.single(adapters[0]) if setup.kind == "single" else AdapterSetup.fuse(
-        adapters, setup.fusion_name)
+    adapters = [a for a in setup.adapters if a not in setup.exclude]
+    if setup.kind == "fuse" and len(adapters) < 2:
+        raise ValueError(f"{name}: model {model.name!r} runs {setup}, one adapter; expected a fusion that keeps "
+                         "two or more to copy (run the controlled model itself).")
+    new_setup = AdapterSetup.single(adapters[0]) if setup.kind == "single" else \
+        AdapterSetup.fuse(adapters, setup.fusion_name).controlled(fixed=dict(setup.fixed))
     fusions = {setup.fusion_key: (list(adapters), setup.fusion_name)} if setup.kind == "fuse" else None
     new_encoder = copy_encoder(encoder, adapters, fusions=fusions, leave_out=range(drop_blocks))
 

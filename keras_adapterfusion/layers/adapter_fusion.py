@@ -1,11 +1,14 @@
 """The AdapterFusion layer: per-token attention over the outputs of N adapters."""
 
+import math
+
 import keras
+import numpy as np
 from keras import backend, ops
 
 from keras_adapterfusion.configs import FusionConfig
 from keras_adapterfusion.layers import adapter_stack
-from keras_adapterfusion.layers.numerics import softmax_input
+from keras_adapterfusion.layers.numerics import lowest, softmax_input
 
 TEMPERATURE_START = 50.0
 
@@ -64,6 +67,9 @@ class AdapterFusion(keras.layers.Layer):
         regularize: add the regularization loss while training (default
             True; `False` for a shared block's later passes, see
             `TransformerEncoder.depth`).
+        fixed: fixed attention weights, one number per adapter (NaN where
+            the fusion decides), or None: per-adapter control at inference
+            (`AdapterSetup.controlled`).
 
     Returns:
         A tuple `(output, attention)`: output `[batch, tokens, hidden]` and the
@@ -209,8 +215,12 @@ class AdapterFusion(keras.layers.Layer):
             scores = ops.einsum("bth,btnh->btn", q, u)
         return scores, u
 
-    def _probabilities(self, scores, training):
-        """Dropout on the scores, the temperature, and the softmax over the adapters."""
+    def _probabilities(self, scores, training, fixed=None):
+        """Dropout on the scores, the temperature, and the softmax over the adapters.
+
+        `fixed` (one number per adapter, NaN where the fusion decides) fixes some adapters' weights: they
+        get that weight, and the others share the rest in the proportions of the softmax over them alone.
+        """
         scores = self.score_dropout(scores, training=training)
         scores = softmax_input(scores)
         if self.temperature:
@@ -218,7 +228,15 @@ class AdapterFusion(keras.layers.Layer):
             scores = scores / t
             if training:
                 self.temperature_value.assign(ops.maximum(t - TEMPERATURE_START / 1000.0, 1.0))
-        return ops.softmax(scores, axis=-1)
+        if fixed is None or all(math.isnan(w) for w in fixed):
+            return ops.softmax(scores, axis=-1)
+        is_fixed = np.array([not math.isnan(w) for w in fixed])
+        values = ops.convert_to_tensor(np.where(is_fixed, np.nan_to_num(fixed), 0.0), dtype=scores.dtype)
+        if is_fixed.all():
+            return ops.zeros_like(scores) + values
+        free = ops.softmax(ops.where(ops.convert_to_tensor(is_fixed), lowest(scores.dtype), scores), axis=-1)
+        free = free * ops.convert_to_tensor(~is_fixed, dtype=scores.dtype)  # exactly 0 where fixed
+        return free * (1.0 - float(np.nan_to_num(fixed).sum())) + values
 
     def _finish(self, context, residual, training, regularize=True):
         if not self.residual_before:
@@ -227,13 +245,13 @@ class AdapterFusion(keras.layers.Layer):
             self.add_loss(self.regularization_loss())
         return context
 
-    def call(self, query, adapter_outputs, residual, training=None, regularize=True):
+    def call(self, query, adapter_outputs, residual, training=None, regularize=True, fixed=None):
         u = adapter_outputs
         if self.residual_before:
             u = u + ops.expand_dims(residual, 2)
         q = self.query_dense(query) if self.use_query else query
         scores, values = self._scores_and_values(q, u)
-        probs = ops.cast(self._probabilities(scores, training), values.dtype)
+        probs = ops.cast(self._probabilities(scores, training, fixed), values.dtype)
         context = ops.einsum("btn,btnh->bth", probs, values)
         if self.use_value and (not self.reference_form or not self.value_before_softmax):
             context = self.value_dense(context)
@@ -246,7 +264,7 @@ class AdapterFusion(keras.layers.Layer):
     # where folding starts to cost less than it saves (S: the adapters' summed bottleneck).
     fold_min_tokens = None
 
-    def fuse_adapters(self, query, adapter_input, adapters, residual, training=None, regularize=True):
+    def fuse_adapters(self, query, adapter_input, adapters, residual, training=None, regularize=True, fixed=None):
         """Fuse `adapters` run on `adapter_input`, without running them one by one.
 
         Gives the result of
@@ -278,6 +296,8 @@ class AdapterFusion(keras.layers.Layer):
             training: Python bool.
             regularize: add the regularization loss while training (`False` for the later
                 passes of a shared block, so that it counts once per step).
+            fixed: fixed attention weights, one per adapter (NaN: the fusion decides), or None
+                (see `AdapterSetup.controlled`).
 
         Returns:
             `(output, attention)` as `call` returns them.
@@ -295,7 +315,7 @@ class AdapterFusion(keras.layers.Layer):
         """
         if self.reference_form or self.residual_before or not adapter_stack.can_stack(adapters):
             ups = ops.stack([adapter(adapter_input, up_only=True) for adapter in adapters], axis=2)
-            return self(query, ups, residual, training=training, regularize=regularize)
+            return self(query, ups, residual, training=training, regularize=regularize, fixed=fixed)
         dtype = backend.standardize_dtype(adapter_input.dtype)
         weights = adapter_stack.stacked_weights(adapters, dtype)
         h = self.hidden_size
@@ -314,7 +334,7 @@ class AdapterFusion(keras.layers.Layer):
             return fn(False)  # a symbolic dimension (JAX's shape inference): both give the same shapes
 
         scores, down = either(lambda fold: self._stacked_scores(a, q, weights, fold))
-        probs = ops.cast(self._probabilities(scores, training), dtype)
+        probs = ops.cast(self._probabilities(scores, training, fixed), dtype)
         context = either(lambda fold: self._stacked_mixture(down, probs, weights, fold))
         context = ops.reshape(context, shape)
         probs = ops.reshape(probs, tuple(shape[:-1]) + (n,))

@@ -87,12 +87,16 @@ class AdapterSetup:
         kind: one of `"single"`, `"stack"`, `"fuse"`, `"average"`, `"per_row"`.
         fusion_name: for `"fuse"`, the fusion's name, or `None` for AdapterHub's key.
         weights: for `"average"`, one weight per member (summing to 1 once normalized, see `average`).
+        exclude: for `"fuse"`, members the trained fusion leaves out at inference (see `controlled`).
+        fixed: for `"fuse"`, `(member, weight)` pairs whose attention weight is fixed (see `controlled`).
     """
 
     adapters: Tuple
     kind: str = "single"
     fusion_name: Optional[str] = None
     weights: Optional[Tuple[float, ...]] = None
+    exclude: Tuple[str, ...] = ()
+    fixed: Tuple[Tuple[str, float], ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -137,7 +141,40 @@ class AdapterSetup:
         elif self.weights is not None:
             raise ValueError(f"adapter_setup: weights {self.weights!r} given for a {self.kind!r} setup; only an "
                              "average has weights.")
+        self._check_control()
         _check_depth(self, 0)
+
+    def _check_control(self):
+        if (self.exclude or self.fixed) and self.kind != "fuse":
+            raise ValueError(f"adapter_setup: exclude / fixed given for a {self.kind!r} setup; only a fusion has "
+                             "them.")
+        members = self.member_names()
+        exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
+        unknown = [n for n in exclude if n not in members]
+        if unknown or len(set(exclude)) != len(exclude):
+            raise ValueError(f"adapter_setup: exclude {list(exclude)}; expected distinct members of the fusion "
+                             f"{list(members)}.")
+        if len(exclude) >= len(members):
+            raise ValueError(f"adapter_setup: exclude {list(exclude)} leaves no adapter in the fusion "
+                             f"{list(members)}; expected at least one kept.")
+        fixed = self.fixed.items() if isinstance(self.fixed, dict) else self.fixed
+        try:
+            fixed = dict((str(k), v) for k, v in fixed)
+        except (TypeError, ValueError):
+            raise ValueError(f"adapter_setup: fixed {self.fixed!r}; expected a dict member -> weight.") from None
+        for name, w in fixed.items():
+            if name not in members or name in exclude:
+                raise ValueError(f"adapter_setup: fixed weight for {name!r}; expected a kept member of the fusion "
+                                 f"{[m for m in members if m not in exclude]}.")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+                raise ValueError(f"adapter_setup: fixed weight {name}={w!r}; expected a number in [0, 1].")
+        total = sum(fixed.values())
+        kept = [m for m in members if m not in exclude]
+        if total > 1.0 + 1e-6 or (len(fixed) == len(kept) and abs(total - 1.0) > 1e-6):
+            raise ValueError(f"adapter_setup: fixed weights {fixed} sum to {total:g}; expected at most 1 (exactly 1 "
+                             "when every kept adapter is fixed).")
+        object.__setattr__(self, "exclude", tuple(m for m in members if m in exclude))
+        object.__setattr__(self, "fixed", tuple((m, float(fixed[m])) for m in members if m in fixed))
 
     # ---------------------------------------------------------- constructors
     @classmethod
@@ -186,6 +223,32 @@ class AdapterSetup:
         """MT-A: each example runs the adapter of `adapter_names` its `adapter_index` selects."""
         return cls(tuple(adapter_names), "per_row")
 
+    def controlled(self, exclude=(), fixed=None):
+        """This fusion with some adapters left out, or some attention weights fixed, at inference.
+
+        The trained fusion layer runs as it is (its key does not change); nothing is retrained.
+
+        - `exclude`: members that do not run; the attention is a softmax over the rest (the same function as
+          a fusion trained over the rest, since the fusion's Q, K and V do not depend on the adapters).
+        - `fixed`: `{member: weight}`; those members get that attention weight on every token, and the others
+          share `1 - sum(fixed)` in the proportions the fusion's softmax over them gives. When every kept
+          member is fixed, the weights must sum to 1.
+
+        Excluded members are reported with attention 0. Returns a new `AdapterSetup`.
+
+        Example:
+
+        ```python
+        setup = AdapterSetup.fuse(["sentiment", "nli", "topic"])
+        setup.controlled(exclude=["topic"])                 # the fusion over sentiment and nli
+        setup.controlled(fixed={"sentiment": 0.5})          # half sentiment, the rest as the fusion decides
+        ```
+        """
+        if self.kind != "fuse":
+            raise ValueError(f"adapter_setup: {self} is not a fusion; expected a fusion to control.")
+        return dataclasses.replace(self, exclude=tuple(exclude) if not isinstance(exclude, str) else (exclude,),
+                                   fixed=tuple((fixed or {}).items()) if isinstance(fixed, dict) else fixed or ())
+
     @classmethod
     def parse(cls, value):
         """An `AdapterSetup` (or `None`) from any of the forms users and configs write.
@@ -209,15 +272,17 @@ class AdapterSetup:
         if isinstance(value, dict):
             if "type" in value and "children" in value:
                 return cls.from_adapterhub(value)
-            if set(value) - {"adapters", "kind", "fusion_name", "weights"} or "adapters" not in value:
+            if set(value) - {"adapters", "kind", "fusion_name", "weights", "exclude", "fixed"} or "adapters" not in value:
                 raise ValueError(f"adapter_setup: got {value!r}; expected keys 'adapters', 'kind' and optionally "
-                                 "'fusion_name' or 'weights'.")
+                                 "'fusion_name', 'weights', 'exclude', 'fixed'.")
             members = value["adapters"]
             if isinstance(members, (list, tuple)):
                 members = tuple(_member(m) for m in members)
             weights = value.get("weights")
+            fixed = value.get("fixed") or ()
             return cls(members, value.get("kind", "single"), value.get("fusion_name"),
-                       tuple(weights) if isinstance(weights, list) else weights)
+                       tuple(weights) if isinstance(weights, list) else weights, tuple(value.get("exclude") or ()),
+                       tuple(fixed.items()) if isinstance(fixed, dict) else tuple(tuple(p) for p in fixed))
         if isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
             return cls.fuse(value)
         raise ValueError(
@@ -252,8 +317,9 @@ class AdapterSetup:
         """The AdapterHub composition dict of this setup (what `AdapterCompositionBlock.to_dict()` writes)."""
         if self.kind == "single":
             return {"type": "Stack", "children": [{"type": "single", "children": [self.adapters[0]]}]}
-        if self.kind not in ADAPTERHUB_TYPES:
-            raise ValueError(f"adapter_setup: a {self.kind!r} setup has no AdapterHub composition dict.")
+        if self.kind not in ADAPTERHUB_TYPES or self.exclude or self.fixed:
+            raise ValueError(f"adapter_setup: {self} has no AdapterHub composition dict (AdapterHub has no "
+                             f"{'per-row setups' if self.kind == 'per_row' else 'fusion control'}).")
         out = {"type": ADAPTERHUB_TYPES[self.kind],
                "children": [m.to_adapterhub() if isinstance(m, AdapterSetup) else {"type": "single", "children": [m]}
                             for m in self.adapters]}
@@ -305,7 +371,7 @@ class AdapterSetup:
         """A JSON-able form `parse` reads back: a name, a list of names, or a dict when needed."""
         if self.kind == "single":
             return self.adapters[0]
-        if self.kind == "fuse" and self.fusion_name is None and self.is_flat():
+        if self.kind == "fuse" and self.fusion_name is None and self.is_flat() and not (self.exclude or self.fixed):
             return list(self.adapters)
         out = {"adapters": [m.to_config() if isinstance(m, AdapterSetup) else m for m in self.adapters],
                "kind": self.kind}
@@ -313,6 +379,10 @@ class AdapterSetup:
             out["fusion_name"] = self.fusion_name
         if self.weights is not None:
             out["weights"] = list(self.weights)
+        if self.exclude:
+            out["exclude"] = list(self.exclude)
+        if self.fixed:
+            out["fixed"] = dict(self.fixed)
         return out
 
     def token(self):
@@ -322,7 +392,8 @@ class AdapterSetup:
     def _token_dict(self):
         return {"adapters": [m._token_dict() if isinstance(m, AdapterSetup) else m for m in self.adapters],
                 "kind": self.kind, "fusion_name": self.fusion_name,
-                "weights": None if self.weights is None else list(self.weights)}
+                "weights": None if self.weights is None else list(self.weights),
+                "exclude": list(self.exclude), "fixed": [list(p) for p in self.fixed]}
 
     def __str__(self):
         if self.kind == "single":
@@ -330,6 +401,10 @@ class AdapterSetup:
         inner = ", ".join(str(m) for m in self.adapters)
         if self.kind == "average":
             inner += f"; weights {', '.join(f'{w:g}' for w in self.weights)}"
+        if self.exclude:
+            inner += f"; without {', '.join(self.exclude)}"
+        if self.fixed:
+            inner += f"; fixed {', '.join(f'{n}={w:g}' for n, w in self.fixed)}"
         label = f"{_LABELS[self.kind]}({inner})"
         return label if self.fusion_name is None else f"{label} named {self.fusion_name!r}"
 

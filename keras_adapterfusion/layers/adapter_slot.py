@@ -11,6 +11,11 @@ from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 LOCATIONS = ("mh", "output")
 
 
+def _key(member):
+    """A fusion member's name: the adapter's, or a nested stack's last adapter's."""
+    return member.last() if isinstance(member, AdapterSetup) else member
+
+
 class _State(collections.namedtuple("_State", ["hidden", "residual", "up", "last", "probs"],
                                     defaults=(None, None, None))):
     """What flows through a slot's composition (AdapterHub's `BottleneckState`; see `AdapterSlot._compose`)."""
@@ -166,9 +171,13 @@ class AdapterSlot(keras.layers.Layer):
         return state._replace(hidden=out, up=up, last=name)
 
     def _compose_fuse(self, setup, state, run):
-        members = [m for m in setup.adapters if self._present(m)]
+        present = [m for m in setup.adapters if self._present(m)]
+        # Per-adapter control at inference (AdapterSetup.controlled): excluded members do not run.
+        members = [m for m in present if _key(m) not in setup.exclude]
         if not members:
             return state
+        fixed = dict(setup.fixed)
+        fixed = tuple(fixed.get(_key(m), float("nan")) for m in members) if fixed else None
         if setup.fusion_key not in self.fusions:
             raise ValueError(
                 f"adapter_setup: no fusion {setup.fusion_key!r} in block {self.block_index}; "
@@ -176,7 +185,8 @@ class AdapterSlot(keras.layers.Layer):
             )
         fusion = self.fusions[setup.fusion_key]
         # AdapterHub: the last fused adapter's config decides the input and the residual.
-        last = [n for n in setup.names() if n in self.adapters][-1]
+        last = [n for m in members for n in (m.names() if isinstance(m, AdapterSetup) else (m,))
+                if n in self.adapters][-1]
         config = self._configs[last]
         a, query, residual = self.pre_forward(config, state.hidden, run.x, run.norm, fusion.query_before_ln)
         # (Parallel adapters: AdapterHub's fusion adds their input `x` as its residual, and the
@@ -185,14 +195,18 @@ class AdapterSlot(keras.layers.Layer):
         if all(isinstance(m, str) for m in members):
             # All adapters side by side, in a few products (AdapterFusion.fuse_adapters).
             out, probs = fusion.fuse_adapters(query, a, [self.adapters[n] for n in members], residual,
-                                              training=run.training, regularize=run.regularize)
+                                              training=run.training, regularize=run.regularize, fixed=fixed)
         else:
             # A stack among the members contributes its last adapter's up projection (AdapterHub: each
             # stack re-runs the pre-forward of its adapters on the fusion's input).
             ups = [(self._compose(m, state, run) if isinstance(m, AdapterSetup) else self._apply(m, state, run)).up
                    for m in members]
             out, probs = fusion(query, ops.stack(ups, axis=2), residual, training=run.training,
-                                regularize=run.regularize)
+                                regularize=run.regularize, fixed=fixed)
+        if len(members) < len(present):  # excluded members are reported with attention 0
+            columns = iter(ops.unstack(probs, len(members), axis=-1))
+            zeros = ops.zeros_like(probs[..., 0])
+            probs = ops.stack([next(columns) if m in members else zeros for m in present], axis=-1)
         return state._replace(hidden=out, last=last, probs=probs)
 
     def _compose_average(self, setup, state, run):
