@@ -60,6 +60,7 @@ _LAZY = {
     "merge_adapters": "keras_adapterfusion.backbones",
     "AdapterModel": "keras_adapterfusion.models",
     "MultiTaskModel": "keras_adapterfusion.models",
+    "ParallelModel": "keras_adapterfusion.models",
 }
 _SUBMODULES = ("analysis", "applications", "backbones", "cli", "configs", "errors", "formats", "inputs", "io",
                "layers", "lazy", "models", "names", "serving", "startup_logs", "tasks", "training", "tuning",

@@ -87,8 +87,10 @@ def limits_of(model):
     """The `InputLimits` of one of this package's models (or of an encoder)."""
     encoder = getattr(model, "encoder", model)
     head = getattr(model, "head", None)
+    setup = getattr(model, "adapter_setup", None)
+    per_row = getattr(setup, "kind", None) == "per_row"  # MT-A routes each example by its task_id
     return InputLimits.of(encoder, choices=bool(getattr(head, "flattens_choices", False)),
-                          num_tasks=len(getattr(model, "tasks", ()) or ()))
+                          num_tasks=len(setup.adapters) if per_row else 0)
 
 
 def _where(index, prefix=""):

@@ -15,6 +15,7 @@ from keras_adapterfusion import (
     AdapterSetup,
     ClassificationHead,
     InvalidNameError,
+    ParallelModel,
     TransformerEncoder,
     adapterhub,
     builders,
@@ -133,7 +134,7 @@ def test_a_fusion_over_a_stack_is_keyed_by_its_last_adapter():
     (lambda: AdapterSetup.average(["a"]), "an average needs at least two"),
     (lambda: AdapterSetup.stack(["a", "a"]), "repeated names"),
     (lambda: AdapterSetup(("a", "b"), "stack", weights=(0.5, 0.5)), "only an average has weights"),
-    (lambda: AdapterSetup.parse({"type": "Parallel", "children": []}), "'Parallel' is not supported"),
+    (lambda: AdapterSetup.parse({"type": "BatchSplit", "children": []}), "'BatchSplit' is not supported"),
 ])
 def test_bad_compositions_are_refused(build, message):
     with pytest.raises(ValueError, match=message):
@@ -366,3 +367,49 @@ def test_multitask_training_on_mixed_batches_updates_every_task():
     model.fit(x, np.array([0, 1, 1, 0]), batch_size=4, epochs=1, verbose=0)
     for t in ("a", "b"):
         assert any(not np.array_equal(b, ops.convert_to_numpy(v)) for b, v in zip(before[t], enc.adapter_weights(t)))
+
+
+# ---------------------------------------------- Parallel (with fusions: adapters #268)
+def test_parallel_setups_run_every_member_on_its_own_copy():
+    enc = composed_encoder()
+    x = batch()
+    members = [AdapterSetup.fuse(["a", "b"]), "a", "b", STACK]
+    out = enc(x, adapter_setup=AdapterSetup.parallel(members))
+    hidden = ops.convert_to_numpy(out["last_hidden_state"])
+    assert hidden.shape[0] == 4 * len(members)
+    for i, member in enumerate(members):
+        alone = ops.convert_to_numpy(enc(x, adapter_setup=member)["last_hidden_state"])
+        assert max_abs(hidden[4 * i:4 * (i + 1)], alone) <= 1e-6, member
+    np.testing.assert_allclose(ops.convert_to_numpy(out["fusion_attentions"]),
+                               ops.convert_to_numpy(enc(x, adapter_setup=["a", "b"])["fusion_attentions"]),
+                               atol=1e-6, rtol=0)
+    assert AdapterSetup.parse(AdapterSetup.parallel(members).to_adapterhub()) == AdapterSetup.parallel(members)
+    with pytest.raises(ValueError, match="cannot nest Parallel"):
+        AdapterSetup.stack(["lang", AdapterSetup.parallel(["a", "b"])])
+
+
+def test_parallel_model_gives_the_fusion_and_each_adapter_in_one_pass(tmp_path):
+    """adapters issue #268: one call returns the fused prediction and each adapter's own head's prediction."""
+    enc = composed_encoder()
+    heads = {t: ClassificationHead(n, dropout=0.0, name=f"head_{t}") for t, n in (("target", 3), ("a", 2), ("b", 2))}
+    models = {"target": AdapterModel(enc, heads["target"], adapter_setup=["a", "b"]),
+              "a": AdapterModel(enc, heads["a"], adapter_setup="a"),
+              "b": AdapterModel(enc, heads["b"], adapter_setup="b"),
+              "again": AdapterModel(enc, ClassificationHead(2, dropout=0.0, name="head_again"), adapter_setup="a")}
+    for m in models.values():
+        perturb(m.head.weights, 11)
+    parallel = ParallelModel.from_models(models)
+    assert parallel.adapter_setup == AdapterSetup.parallel([AdapterSetup.fuse(["a", "b"]), "a", "b"])
+    x = batch()
+    got = parallel(x)
+    assert sorted(got) == sorted(models)
+    for task, model in models.items():
+        assert max_abs(got[task], model(x)["logits"]) <= 1e-6, task
+    path = str(tmp_path / "parallel.keras")
+    parallel.save(path)
+    loaded = keras.saving.load_model(path)
+    assert all(max_abs(loaded(x)[t], got[t]) == 0.0 for t in models)
+    with pytest.raises(ValueError, match="use ParallelModel"):
+        AdapterModel(enc, None, adapter_setup=AdapterSetup.parallel(["a", "b"]))
+    with pytest.raises(ValueError, match="expected adapters to run"):
+        ParallelModel(enc, {"t": heads["a"]}, {"t": None})

@@ -526,3 +526,24 @@ def test_the_packages_own_models_config_is_rewritten_and_an_edited_one_is_the_us
     assert "# edited by hand" in text and parse_models_config(text, "c")[0] == ["one", "two"]
     assert not own_file(config)  # merged: still the user's
     assert own_file(export_dir / "models.docker.config")
+
+
+def test_all_tasks_runs_a_fusion_and_its_adapters_in_one_encoder_pass(models, tmp_path, monkeypatch):
+    """adapters issue #268 in the export: `all_tasks` runs the tasks' setups as one parallel pass."""
+    from keras_adapterfusion import AdapterSetup, TransformerEncoder
+    from keras_adapterfusion.serving.export import export_saved_model
+
+    calls = []
+    original = TransformerEncoder.__call__
+
+    def record(self, inputs, adapter_setup=None, **kwargs):
+        calls.append(AdapterSetup.parse(adapter_setup))
+        return original(self, inputs, adapter_setup=adapter_setup, **kwargs)
+
+    monkeypatch.setattr(TransformerEncoder, "__call__", record)
+    export_saved_model(models, str(tmp_path), model_name="tasks", tokenizer=None)
+    parallel = AdapterSetup.parallel([AdapterSetup.fuse(["a", "b"]), "a", "b"])
+    # Each trace of the signatures: serving_default and fuse run the fusion, single and tags their adapters,
+    # and all_tasks one encoder call, the three setups in parallel (Keras traces each signature twice).
+    fuse, a, b = AdapterSetup.fuse(["a", "b"]), AdapterSetup.single("a"), AdapterSetup.single("b")
+    assert calls and calls == [fuse, fuse, a, b, parallel] * (len(calls) // 5), [str(c) for c in calls]

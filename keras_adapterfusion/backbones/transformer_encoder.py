@@ -414,6 +414,13 @@ class TransformerEncoder(keras.layers.Layer):
         x = self.embeddings(input_ids, inputs.get("token_type_ids"), attention_mask=mask, training=training)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)
+        channels = len(setup.adapters) if setup is not None and setup.kind == "parallel" else 1
+        if channels > 1:
+            # A parallel setup: one copy of the batch per member (AdapterHub's Parallel repeats it at its
+            # first adapter layer; nothing below the blocks depends on the adapters).
+            x = ops.tile(x, (channels, 1, 1))
+            if mask is not None:
+                mask = ops.tile(mask, (channels, 1))
         relative = None
         if self.relative_attention is not None:
             table = self.relative_embeddings.embeddings
@@ -446,7 +453,7 @@ class TransformerEncoder(keras.layers.Layer):
             for key, probs in (("mh_fusion_attentions", mh_probs), ("fusion_attentions", out_probs)):
                 if all(p is None for p in probs):
                     continue
-                shape = ops.shape(x)[:2] + (n,)
+                shape = (ops.shape(x)[0] // channels, ops.shape(x)[1], n)
                 filled = [p if p is not None else ops.zeros(shape, dtype=x.dtype) for p in probs]
                 outputs[key] = ops.stack(filled, axis=0)
         return outputs

@@ -13,6 +13,7 @@ once, with `AdapterSetup.parse`, and everything inside uses that value.
 | `"fuse"` | AdapterFusion over two or more adapters (or stacks) | `AdapterSetup.fuse(["a", "b"], name=None)`, `["a", "b"]`, `"a,b"` |
 | `"average"` | the weighted mean of adapter (or stack) outputs, as AdapterHub's `Average` | `AdapterSetup.average(["a", "b"], weights=[0.7, 0.3])` |
 | `"per_row"` | the adapter each example's `adapter_index` selects (MT-A) | `AdapterSetup.per_row(["a", "b"])` |
+| `"parallel"` | each member on its own copy of the batch, in one pass (AdapterHub's `Parallel`; fusions too) | `AdapterSetup.parallel([["a", "b"], "a", "b"])` |
 
 A setup's members (`adapters`) are adapter names or nested setups, nested as
 AdapterHub allows: a stack may hold fusions and averages, a fusion or an average
@@ -54,12 +55,14 @@ import keras
 
 from keras_adapterfusion.names import check_name
 
-KINDS = ("single", "stack", "fuse", "average", "per_row")
-# The setups each kind may hold besides adapter names (AdapterHub's ALLOWED_NESTINGS, for the kinds here).
-NESTING = {"single": (), "stack": ("fuse", "average"), "fuse": ("stack",), "average": ("stack",), "per_row": ()}
+KINDS = ("single", "stack", "fuse", "average", "per_row", "parallel")
+# The setups each kind may hold besides adapter names (AdapterHub's ALLOWED_NESTINGS, for the kinds here; a
+# parallel setup also holds fusions, which AdapterHub's Parallel does not: adapters issue #268).
+NESTING = {"single": (), "stack": ("fuse", "average"), "fuse": ("stack",), "average": ("stack",), "per_row": (),
+           "parallel": ("stack", "fuse", "average")}
 # AdapterHub's composition class names (`AdapterCompositionBlock.to_dict()["type"]`) for each kind.
-ADAPTERHUB_TYPES = {"stack": "Stack", "fuse": "Fuse", "average": "Average"}
-_LABELS = {"stack": "Stack", "fuse": "Fuse", "average": "Average", "per_row": "PerRow"}
+ADAPTERHUB_TYPES = {"stack": "Stack", "fuse": "Fuse", "average": "Average", "parallel": "Parallel"}
+_LABELS = {"stack": "Stack", "fuse": "Fuse", "average": "Average", "per_row": "PerRow", "parallel": "Parallel"}
 
 
 def fusion_key(adapter_names, name=None):
@@ -68,7 +71,12 @@ def fusion_key(adapter_names, name=None):
 
 
 def _check_depth(setup, level):
-    """AdapterHub's depth rule: below the first level, only adapter names and stacks."""
+    """AdapterHub's depth rule: below the first level, only adapter names and stacks.
+
+    The members of a parallel setup are each a setup of their own (each checked itself, from level 0).
+    """
+    if setup.kind == "parallel":
+        return
     for member in setup.adapters:
         if isinstance(member, AdapterSetup):
             if level >= 1 and member.kind != "stack":
@@ -113,7 +121,7 @@ class AdapterSetup:
                                         else "adapter names."))
             else:
                 check_name(member, "adapter name")
-        keys = self.member_names()
+        keys = self.adapters if self.kind == "parallel" else self.member_names()
         if len(set(keys)) != len(keys):
             raise ValueError(f"adapter_setup: got {list(keys)} with repeated names; expected distinct "
                              "adapter names.")
@@ -123,7 +131,7 @@ class AdapterSetup:
             what = "a fusion" if self.kind == "fuse" else "an average"
             raise ValueError(f"adapter_setup: got {list(self.adapters)}; {what} needs at least two adapters (pass "
                              "the name alone to run one adapter).")
-        if self.kind in ("stack", "per_row") and not self.adapters:
+        if self.kind in ("stack", "per_row", "parallel") and not self.adapters:
             raise ValueError(f"adapter_setup: a {self.kind} setup needs at least one adapter.")
         if self.fusion_name is not None:
             if self.kind != "fuse":
@@ -219,6 +227,18 @@ class AdapterSetup:
         return cls(members, "average", None, None if weights is None else tuple(weights))
 
     @classmethod
+    def parallel(cls, members):
+        """Each member (a name, stack, fusion or average) on its own copy of the batch, in one encoder pass.
+
+        The encoder repeats the batch once per member (AdapterHub's `Parallel`): its outputs hold the
+        members' results one after another along the batch (`ParallelModel` splits them and runs a head on
+        each). A fusion may be a member, so one pass gives a fusion's output and each fused adapter's own.
+        """
+        if isinstance(members, (list, tuple)):
+            members = tuple(_member(m) for m in members)
+        return cls(members, "parallel")
+
+    @classmethod
     def per_row(cls, adapter_names):
         """MT-A: each example runs the adapter of `adapter_names` its `adapter_index` selects."""
         return cls(tuple(adapter_names), "per_row")
@@ -311,7 +331,7 @@ class AdapterSetup:
             return cls.average(members, kwargs.get("weights"), normalize_weights=False)
         if kwargs:
             raise ValueError(f"adapter_setup: unexpected kwargs {kwargs} for AdapterHub's {kind}; expected none.")
-        return cls.stack(members) if kind == "Stack" else cls.fuse(members)
+        return {"Stack": cls.stack, "Fuse": cls.fuse, "Parallel": cls.parallel}[kind](members)
 
     def to_adapterhub(self):
         """The AdapterHub composition dict of this setup (what `AdapterCompositionBlock.to_dict()` writes)."""

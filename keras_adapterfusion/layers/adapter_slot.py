@@ -52,7 +52,9 @@ class AdapterSlot(keras.layers.Layer):
       AdapterHub's `compose` recurses (a stack inside a fusion contributes
       its last adapter's up projection);
     - per row (MT-A): each example takes the output of the adapter its
-      `adapter_index` selects.
+      `adapter_index` selects;
+    - parallel: the batch holds one copy per member (the encoder repeated
+      it), and each member runs on its own copy.
 
     Adapters absent from this block (`leave_out`) are skipped, as in AdapterHub.
 
@@ -272,7 +274,19 @@ class AdapterSlot(keras.layers.Layer):
                              "(parse it with AdapterSetup.parse).")
         if setup.kind == "per_row":
             return self._per_row(setup, h, x, norm, adapter_index, training), None
+        if setup.kind == "parallel":
+            return self._parallel(setup, h, x, norm, training, regularize)
         return self._run(setup, h, x, norm, training, regularize)
+
+    def _parallel(self, setup, h, x, norm, training, regularize):
+        """Each member on its own slice of the batch (the encoder repeated it once per member)."""
+        channels = len(setup.adapters)
+        outs, probs = [], None
+        for member, h_i, x_i in zip(setup.adapters, ops.split(h, channels, axis=0), ops.split(x, channels, axis=0)):
+            out, p = self._run(AdapterSetup.parse(member), h_i, x_i, norm, training, regularize)
+            outs.append(out)
+            probs = p if p is not None else probs  # the last member that fuses reports its attention
+        return ops.concatenate(outs, axis=0), probs
 
     def call(self, *args, **kwargs):
         raise NotImplementedError("AdapterSlot runs through AdapterSlot.forward, called by its block.")

@@ -1,7 +1,8 @@
-"""The models: `AdapterModel` and `MultiTaskModel` (`adapter_model`), and which of their weights train (`trainable`).
+"""The models: `AdapterModel`, `MultiTaskModel`, `ParallelModel` (`adapter_model`), and which weights train (`trainable`).
 
 - `adapter_model`: an encoder, its adapter set-up and one head (`AdapterModel`),
-  or one head per task (`MultiTaskModel`).
+  one head per task routed per example (`MultiTaskModel`), or several set-ups with
+  their heads in one encoder pass (`ParallelModel`).
 - `trainable`: the trainable spec (`make_spec`, `check_spec`, `apply_trainable_spec`):
   the one record of which parts of a model train.
 
@@ -13,6 +14,7 @@ from keras_adapterfusion.lazy import lazy_attributes
 _LAZY = {
     "AdapterModel": "keras_adapterfusion.models.adapter_model",
     "MultiTaskModel": "keras_adapterfusion.models.adapter_model",
+    "ParallelModel": "keras_adapterfusion.models.adapter_model",
     "OUTPUT_KEYS": "keras_adapterfusion.models.adapter_model",
     "make_spec": "keras_adapterfusion.models.trainable",
     "check_spec": "keras_adapterfusion.models.trainable",

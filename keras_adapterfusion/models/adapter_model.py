@@ -1,4 +1,4 @@
-"""Keras models over a shared `TransformerEncoder`: `AdapterModel` and `MultiTaskModel`."""
+"""Keras models over a shared `TransformerEncoder`: `AdapterModel`, `MultiTaskModel` and `ParallelModel`."""
 
 import contextlib
 import os
@@ -256,6 +256,9 @@ class AdapterModel(_SharedEncoderModel):
         self.encoder = encoder
         self.head = head
         self.adapter_setup = encoder.check_setup(adapter_setup)
+        if self.adapter_setup is not None and self.adapter_setup.kind in ("parallel", "per_row"):
+            raise ValueError(f"AdapterModel.adapter_setup: got {self.adapter_setup}; expected a setup that gives one "
+                             "output per example (use ParallelModel for a parallel setup, MultiTaskModel for MT-A).")
         self.output_hidden_states = output_hidden_states
         if output_key is not None and output_key not in OUTPUT_KEYS:
             raise ValueError(f"AdapterModel.output_key: got {output_key!r}; expected None or one of {list(OUTPUT_KEYS)}.")
@@ -388,6 +391,101 @@ class MultiTaskModel(_SharedEncoderModel):
     def get_config(self):
         config = super().get_config()
         config["heads"] = {t: keras.saving.serialize_keras_object(h) for t, h in self.heads.items()}
+        return config
+
+    @staticmethod
+    def _deserialize_heads(config):
+        config["heads"] = {t: keras.saving.deserialize_keras_object(h) for t, h in config["heads"].items()}
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_adapterfusion")
+class ParallelModel(_SharedEncoderModel):
+    """Several adapter setups, each with its head, in one encoder pass (AdapterHub's `Parallel`, with fusions).
+
+    The encoder runs `AdapterSetup.parallel` over the tasks' distinct setups: the batch is repeated once
+    per setup, every block runs each setup on its own copy, and each task's head reads its setup's copy.
+    One call thus gives, for example, a fusion's prediction and each fused adapter's own prediction
+    (adapters issue #268: AdapterHub's `Parallel` cannot hold a `Fuse`). Each task's output equals that
+    of the `AdapterModel` with its setup and head; tasks with the same setup share one copy.
+
+    Args:
+        encoder: a `TransformerEncoder` holding the adapters and fusions the setups run.
+        heads: dict task name -> head layer.
+        setups: dict task name -> adapter setup (any form `AdapterSetup.parse` reads; not `None`).
+        trainable_spec: as for `AdapterModel`.
+        **kwargs: standard `keras.Model` arguments.
+
+    Call arguments:
+        inputs: dict with `input_ids`, and optionally `attention_mask` and `token_type_ids`.
+        training: Python bool.
+
+    Returns:
+        A dict task name -> logits.
+
+    Example:
+
+    ```python
+    model = ParallelModel.from_models({"target": fusion_model, "sentiment": sentiment_model, "nli": nli_model})
+    out = model(inputs)    # out["target"], out["sentiment"], out["nli"]: one encoder pass
+    ```
+    """
+
+    def __init__(self, encoder, heads, setups, trainable_spec=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(heads, dict) or not heads or not isinstance(setups, dict) or set(heads) != set(setups):
+            raise ValueError(f"ParallelModel: heads {sorted(heads) if isinstance(heads, dict) else heads!r} and "
+                             f"setups {sorted(setups) if isinstance(setups, dict) else setups!r}; expected two dicts "
+                             "with the same task names.")
+        self.encoder = encoder
+        self.tasks = list(heads)
+        self.heads = dict(heads)
+        self.setups = {}
+        for task in self.tasks:
+            setup = encoder.check_setup(setups[task])
+            if setup is None or setup.kind in ("parallel", "per_row"):
+                raise ValueError(f"ParallelModel: task {task!r} has setup {setup}; expected adapters to run (a name, "
+                                 "stack, fusion or average).")
+            self.setups[task] = setup
+        channels = list(dict.fromkeys(self.setups.values()))  # distinct setups, in task order
+        self.channel_of = {t: channels.index(s) for t, s in self.setups.items()}
+        self.adapter_setup = AdapterSetup.parallel(channels) if len(channels) > 1 else channels[0]
+        self.trainable_spec = trainable_spec
+        self.build()
+        self.apply_trainable_spec()
+
+    @classmethod
+    def from_models(cls, models, **kwargs):
+        """A `ParallelModel` of `AdapterModel`s that share one encoder: dict task name -> model."""
+        if not isinstance(models, dict) or not models:
+            raise ValueError(f"ParallelModel.from_models: got {models!r}; expected a dict task name -> AdapterModel.")
+        encoders = {id(m.encoder) for m in models.values() if isinstance(m, AdapterModel)}
+        if len(encoders) != 1 or not all(isinstance(m, AdapterModel) and m.head is not None for m in models.values()):
+            raise ValueError("ParallelModel.from_models: expected AdapterModels with heads that share one encoder; "
+                             f"got {({t: type(m).__name__ for t, m in models.items()})} on {len(encoders)} encoder(s).")
+        first = next(iter(models.values()))
+        return cls(first.encoder, {t: m.head for t, m in models.items()},
+                   {t: m.adapter_setup for t, m in models.items()}, **kwargs)
+
+    def head_layers(self):
+        """The task heads, in task order."""
+        return list(self.heads.values())
+
+    def call(self, inputs, training=None):
+        out = self.encoder(inputs, adapter_setup=self.adapter_setup, training=training)
+        channels = len(self.adapter_setup.adapters) if self.adapter_setup.kind == "parallel" else 1
+        hidden = ops.split(out["last_hidden_state"], channels, axis=0)
+        pooled = ops.split(out["pooler_output"], channels, axis=0) if "pooler_output" in out else [None] * channels
+        results = {}
+        for task in self.tasks:
+            c = self.channel_of[task]
+            results[task] = self.heads[task](hidden[c], pooled[c], training=training)
+        return results
+
+    def get_config(self):
+        config = super().get_config()
+        config["heads"] = {t: keras.saving.serialize_keras_object(h) for t, h in self.heads.items()}
+        config["setups"] = {t: s.to_config() for t, s in self.setups.items()}
         return config
 
     @staticmethod

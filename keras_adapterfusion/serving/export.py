@@ -150,7 +150,8 @@ def _outputs(tf, model, logits, prefix=""):
     return {prefix + "logits": logits, prefix + "probabilities": probs, prefix + "label_ids": ids}
 
 
-def _run(tf, model, inputs, attentions):
+def _encode(tf, model, inputs, setup):
+    """The encoder's outputs for `inputs` under `setup`, after the checks of `model`'s inputs."""
     from keras_adapterfusion.models.adapter_model import _flatten_choices
 
     # Invalid ids fail the request (TF Serving: INVALID_ARGUMENT) with a message naming the input.
@@ -158,7 +159,32 @@ def _run(tf, model, inputs, attentions):
         x = {k: tf.cast(v, tf.int32) for k, v in inputs.items()}
     if getattr(model.head, "flattens_choices", False):
         x = _flatten_choices(x)
-    out = model.encoder(x, adapter_setup=model.adapter_setup, training=False)
+    return model.encoder(x, adapter_setup=setup, training=False)
+
+
+def _parallel_pass(tf, models, inputs):
+    """One encoder pass for the tasks' distinct adapter setups (`AdapterSetup.parallel`): task -> outputs.
+
+    Tasks without adapters, and multiple-choice heads (whose inputs are reshaped), are left to a pass of
+    their own; so is everything when fewer than two setups remain.
+    """
+    from keras_adapterfusion.layers.adapter_setup import AdapterSetup
+
+    grouped = {t: m for t, m in models.items()
+               if m.adapter_setup is not None and not getattr(m.head, "flattens_choices", False)}
+    channels = list(dict.fromkeys(m.adapter_setup for m in grouped.values()))
+    if len(channels) < 2:
+        return {}
+    out = _encode(tf, next(iter(grouped.values())), inputs, AdapterSetup.parallel(channels))
+    hidden = tf.split(out["last_hidden_state"], len(channels), axis=0)
+    pooled = tf.split(out["pooler_output"], len(channels), axis=0) if "pooler_output" in out else None
+    return {t: {"last_hidden_state": hidden[channels.index(m.adapter_setup)],
+                "pooler_output": None if pooled is None else pooled[channels.index(m.adapter_setup)]}
+            for t, m in grouped.items()}
+
+
+def _run(tf, model, inputs, attentions):
+    out = _encode(tf, model, inputs, model.adapter_setup)
     logits = model.head(out["last_hidden_state"], out.get("pooler_output"), training=False)
     extra = {}
     if attentions and "fusion_attentions" in out:
@@ -283,12 +309,17 @@ def export_saved_model(model, export_dir, model_name="model", version=None, toke
 
     def serve_all(input_ids, attention_mask, token_type_ids):
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        # The tasks' distinct adapter setups in one encoder pass (a fusion and its adapters' own included).
+        parallel = _parallel_pass(tf, {t: tasks[t] for t in names}, inputs)
         results, shared = {}, {}
         for t in names:
             m = tasks[t]
-            if m.adapter_setup not in shared:  # one encoder pass per distinct adapter setup
-                shared[m.adapter_setup] = _run(tf, m, inputs, include_fusion_attentions)[0]
-            out = shared[m.adapter_setup]
+            if t in parallel:
+                out = parallel[t]
+            else:
+                if m.adapter_setup not in shared:  # one encoder pass per other distinct adapter setup
+                    shared[m.adapter_setup] = _run(tf, m, inputs, include_fusion_attentions)[0]
+                out = shared[m.adapter_setup]
             logits = m.head(out["last_hidden_state"], out.get("pooler_output"), training=False)
             results.update(_outputs(tf, m, logits, prefix=f"{t}_"))
         return results
