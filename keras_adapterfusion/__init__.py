@@ -26,7 +26,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.configs import AdapterConfig, FusionConfig, LoRAConfig
 from keras_adapterfusion.errors import (
     CheckpointError,
     ExportError,
@@ -46,6 +46,7 @@ quiet_startup()
 _LAZY = {
     "AdapterFusion": "keras_adapterfusion.layers",
     "AdapterSetup": "keras_adapterfusion.layers",
+    "LoRA": "keras_adapterfusion.layers",
     "BottleneckAdapter": "keras_adapterfusion.layers",
     "ClassificationHead": "keras_adapterfusion.layers",
     "DisentangledBlock": "keras_adapterfusion.layers",
@@ -85,7 +86,7 @@ _KERAS_SERIALIZABLES = ("keras_adapterfusion.layers", "keras_adapterfusion.backb
                         "keras_adapterfusion.models.adapter_model", "keras_adapterfusion.training.losses",
                         "keras_adapterfusion.training.optimizers")
 
-__all__ = sorted(["AdapterConfig", "CheckpointError", "ExportError", "FusionConfig", "InputError",
+__all__ = sorted(["AdapterConfig", "CheckpointError", "ExportError", "FusionConfig", "InputError", "LoRAConfig",
                   "InvalidNameError", "SaveError", "ServingError", "__version__", *_LAZY])
 
 

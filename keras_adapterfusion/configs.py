@@ -393,6 +393,143 @@ FusionConfig.PRESETS = {
 }
 
 
+# The block projections a LoRA can adapt, in `TransformerBlock` order: AdapterHub's `selfattn_lora` ("q", "k",
+# "v" of `attn_matrices`), `intermediate_lora`, `output_lora`; PEFT may also target the attention output.
+LORA_PROJECTIONS = ("query", "key", "value", "attention_output", "intermediate", "output")
+LORA_ATTN_MATRICES = {"q": "query", "k": "key", "v": "value"}
+LORA_INIT_WEIGHTS = ("lora", "bert")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig(_ConfigBase):
+    """Configuration of a LoRA (Hu et al., 2021; AdapterHub's `LoRAConfig`, `architecture: "lora"`).
+
+    A LoRA adds `scaling · dropout(x) A B` (`A` `[in, r]`, `B` `[r, out]`, `scaling = alpha / r`) to the
+    output of each adapted projection `x W + b` of a block; `merge_lora` folds `scaling · A B` into `W`.
+
+    Args:
+        selfattn_lora: adapt the attention projections named in `attn_matrices`.
+        intermediate_lora: adapt the feed-forward's first projection.
+        output_lora: adapt the feed-forward's output projection.
+        attention_output_lora: adapt the attention's output projection (PEFT can target it; AdapterHub
+            cannot, so such a LoRA has no AdapterHub file).
+        r: the rank.
+        alpha: the scaling numerator (`scaling = alpha / r`).
+        dropout: dropout rate on the LoRA's input.
+        attn_matrices: which of `"q"`, `"k"`, `"v"` `selfattn_lora` adapts.
+        init_weights: `"lora"` (`A` Kaiming-uniform, `B` zeros: the LoRA starts as a no-op) or `"bert"`
+            (both N(0, 0.02)).
+        leave_out: block indices that get no LoRA.
+        architecture: always `"lora"` (AdapterHub's marker, kept so a config dict says what it is).
+    """
+
+    selfattn_lora: bool = True
+    intermediate_lora: bool = False
+    output_lora: bool = False
+    attention_output_lora: bool = False
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    attn_matrices: List[str] = dataclasses.field(default_factory=lambda: ["q", "v"])
+    init_weights: str = "lora"
+    leave_out: List[int] = dataclasses.field(default_factory=list)
+    architecture: str = "lora"
+
+    def __post_init__(self):
+        name = type(self).__name__
+        for f in ("selfattn_lora", "intermediate_lora", "output_lora", "attention_output_lora"):
+            _check_bool(name, f, getattr(self, f))
+        if self.architecture != "lora":
+            _fail(name, "architecture", self.architecture, "'lora'")
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            _fail(name, "r", self.r, "an int >= 1")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            _fail(name, "alpha", self.alpha, "a positive number")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1:
+            _fail(name, "dropout", self.dropout, "a rate in [0, 1)")
+        if not isinstance(self.attn_matrices, (list, tuple)) or not self.attn_matrices or not all(
+                m in LORA_ATTN_MATRICES for m in self.attn_matrices) or len(set(self.attn_matrices)) != len(
+                self.attn_matrices):
+            _fail(name, "attn_matrices", self.attn_matrices, "a non-empty list of distinct 'q', 'k', 'v'")
+        object.__setattr__(self, "attn_matrices", [m for m in "qkv" if m in self.attn_matrices])
+        if self.init_weights not in LORA_INIT_WEIGHTS:
+            _fail(name, "init_weights", self.init_weights, f"one of {list(LORA_INIT_WEIGHTS)}")
+        if not isinstance(self.leave_out, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.leave_out):
+            _fail(name, "leave_out", self.leave_out, "a list of block indices (ints >= 0)")
+        object.__setattr__(self, "leave_out", sorted(set(self.leave_out)))
+        if not self.projections():
+            raise ValueError(f"{name}: selfattn_lora, intermediate_lora, output_lora and attention_output_lora are "
+                             "all False; expected at least one projection to adapt.")
+
+    @property
+    def scaling(self):
+        """`alpha / r`, the factor of `A B`."""
+        return self.alpha / self.r
+
+    def projections(self):
+        """The block projections this LoRA adapts, in `LORA_PROJECTIONS` order."""
+        wanted = set()
+        if self.selfattn_lora:
+            wanted.update(LORA_ATTN_MATRICES[m] for m in self.attn_matrices)
+        if self.attention_output_lora:
+            wanted.add("attention_output")
+        if self.intermediate_lora:
+            wanted.add("intermediate")
+        if self.output_lora:
+            wanted.add("output")
+        return [p for p in LORA_PROJECTIONS if p in wanted]
+
+    def in_block(self, index: int) -> bool:
+        """Whether block `index` gets this LoRA (it is not in `leave_out`)."""
+        return index not in self.leave_out
+
+    def slots(self) -> List[str]:
+        """A LoRA sits in no adapter slot (it changes the block's projections)."""
+        return []
+
+
+LoRAConfig.PRESETS = {"lora": {}}
+
+
+def adapter_config(spec):
+    """The config of an adapter of any method: an `AdapterConfig` or a `LoRAConfig`.
+
+    Accepts a config instance, a preset name of either class (`"seq_bn"`, `"par_bn"`, `"lora"`, ...), or
+    a dict of fields (a LoRA's has `architecture: "lora"`, or LoRA-only fields such as `r`).
+    """
+    if isinstance(spec, (AdapterConfig, LoRAConfig)):
+        return spec
+    if isinstance(spec, str) and spec in LoRAConfig.PRESETS:
+        return LoRAConfig.from_preset(spec)
+    if isinstance(spec, dict):
+        lora_only = {f.name for f in dataclasses.fields(LoRAConfig)} - {f.name for f in dataclasses.fields(AdapterConfig)}
+        if spec.get("architecture") == "lora" or (set(spec) & lora_only and "architecture" not in spec):
+            return LoRAConfig.from_dict(spec)
+        if spec.get("architecture") not in (None, "bottleneck"):
+            raise ValueError(f"adapter config: architecture {spec['architecture']!r}; expected 'bottleneck' or "
+                             "'lora'.")
+        return AdapterConfig.from_dict({k: v for k, v in spec.items() if k != "architecture"})
+    if isinstance(spec, str) and spec not in AdapterConfig.PRESETS:
+        raise ValueError(f"adapter config: unknown preset {spec!r}; allowed presets are "
+                         f"{sorted([*AdapterConfig.PRESETS, *LoRAConfig.PRESETS])}.")
+    return AdapterConfig.get(spec)
+
+
+class AdapterMethodConfig:
+    """An adapter config of any method, where one value takes either (the command line's `--adapter-config`):
+    the presets of `AdapterConfig` and `LoRAConfig`, and `adapter_config` for dicts."""
+
+    PRESETS = {**AdapterConfig.PRESETS, **LoRAConfig.PRESETS}
+    from_dict = staticmethod(adapter_config)
+    get = staticmethod(adapter_config)
+
+
+def is_lora(config):
+    """Whether `config` (an adapter's config) is a LoRA's."""
+    return isinstance(config, LoRAConfig)
+
+
 def check_fusable(adapter_configs, where=None, error=ValueError):
     """Raise `error` unless the adapters can be fused: they must sit in the same slots.
 
@@ -405,6 +542,10 @@ def check_fusable(adapter_configs, where=None, error=ValueError):
         where: what the message starts with (the caller, a file), or None.
         error: the exception class to raise (`ValueError` or a subclass).
     """
+    loras = [n for n, c in adapter_configs.items() if isinstance(c, LoRAConfig)]
+    if loras:
+        raise error((f"{where}: " if where else "") + f"adapters {loras} are LoRAs; expected bottleneck adapters "
+                    "(a fusion attends over adapter outputs at a slot, which a LoRA does not have).")
     flags = {n: (c.mh_adapter, c.output_adapter) for n, c in adapter_configs.items()}
     if len(set(flags.values())) > 1:
         raise error(

@@ -184,6 +184,8 @@ def _cases_with_adapter_layernorms():
     out = []
     for case in VARIANT_CASES:
         spec = json.load(open(os.path.join(VARIANTS, case, "case.json")))
+        if "merge" in spec or "setup" in spec:  # the single-adapter and fusion cases carry the check
+            continue
         if any(a.get("ln_before") or a.get("ln_after") for a in spec["adapters"].values()):
             out.append(case)
     return out
@@ -231,13 +233,20 @@ def test_adapter_layernorm_epsilon_bug_fails_parity(monkeypatch):
 
 
 def test_reference_variants_cover_every_config_field():
-    """Every AdapterConfig / FusionConfig field takes a non-default value in some reference case."""
-    seen_adapter, seen_fusion = set(), set()
+    """Every AdapterConfig / LoRAConfig / FusionConfig field takes a non-default value in some reference case."""
+    from keras_adapterfusion.configs import LoRAConfig
+
+    seen_adapter, seen_fusion, seen_lora = set(), set(), set()
     base_adapter, base_fusion = adapterhub.AdapterConfig().to_dict(), adapterhub.FusionConfig().to_dict()
+    base_lora = LoRAConfig().to_dict()
     for case in VARIANT_CASES:
         spec = json.load(open(os.path.join(VARIANTS, case, "case.json")))
         for a in spec["adapters"].values():
             fields = {k: v for k, v in a.items() if k != "preset"}
+            if a["preset"] == "lora":
+                config = LoRAConfig(**fields).to_dict()
+                seen_lora.update(k for k, v in config.items() if v != base_lora[k])
+                continue
             config = adapterhub.AdapterConfig.from_preset(a["preset"], **fields).to_dict()
             seen_adapter.update(k for k, v in config.items() if v != base_adapter[k])
         if spec["fusion"]:
@@ -248,6 +257,9 @@ def test_reference_variants_cover_every_config_field():
     untested_fusion = set(base_fusion) - seen_fusion - {"dropout_prob", "regularization_weight"}
     assert not untested_adapter, untested_adapter
     assert not untested_fusion, untested_fusion
+    # AdapterHub has no LoRA of the attention output (PEFT's is checked in tests/test_peft.py).
+    untested_lora = set(base_lora) - seen_lora - {"init_weights", "architecture", "attention_output_lora"}
+    assert not untested_lora, untested_lora
 
 
 def test_pytorch_bin_files_load_without_pytorch(tmp_path):
@@ -321,6 +333,28 @@ def test_export_round_trip_matches_adapterhub_files(case, tmp_path):
             assert our_meta["config"] == their_meta["config"], part
     ref = np.load(os.path.join(directory, "reference.npz"))
     reloaded = load_case(directory=str(tmp_path), names=names, base=base)
+    assert max_abs(reloaded(model_inputs(ref))["logits"], model(model_inputs(ref))["logits"]) == 0.0
+
+
+@pytest.mark.parametrize("case", ["par_bn_single", "lora_bert", "lora_deberta", "lora_albert", "lora_ffn_leave_out"])
+def test_single_adapter_export_matches_adapterhub_files(case, tmp_path):
+    """Parallel adapters and LoRAs written back give `adapters`' own files: keys, values and config."""
+    directory = os.path.join(VARIANTS, case)
+    spec = json.load(open(os.path.join(directory, "case.json")))
+    (name,) = spec["adapters"]
+    model = adapterhub.load_adapter_model(os.path.join(BACKBONES, spec["base"]), os.path.join(directory, name),
+                                          head_dir=os.path.join(directory, "head"))
+    adapterhub.save_adapter(model.encoder, name, tmp_path / name)
+    theirs, ours = _file_tensors(os.path.join(directory, name)), _file_tensors(tmp_path / name)
+    assert set(ours) == set(theirs) and theirs
+    for k in theirs:
+        np.testing.assert_array_equal(ours[k], theirs[k])
+    their_meta = json.load(open(os.path.join(directory, name, "adapter_config.json")))
+    our_meta = json.load(open(tmp_path / name / "adapter_config.json"))
+    assert our_meta["config"] == their_meta["config"]
+    reloaded = adapterhub.load_adapter_model(os.path.join(BACKBONES, spec["base"]), str(tmp_path / name),
+                                             head_dir=os.path.join(directory, "head"))
+    ref = np.load(os.path.join(directory, "reference.npz"))
     assert max_abs(reloaded(model_inputs(ref))["logits"], model(model_inputs(ref))["logits"]) == 0.0
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 import keras
 
+from keras_adapterfusion.configs import LORA_PROJECTIONS
 from keras_adapterfusion.io.weights import WeightRow
 
 
@@ -115,6 +116,21 @@ def deberta_rows(encoder):
     return rows + block_rows(encoder, "encoder.layer.{i}.", (
         "attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense",
         "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"))
+
+
+def projection_paths(encoder):
+    """Where each block projection a LoRA can adapt lives in the checkpoint: `{(block, projection): key}`.
+
+    The keys (without the model prefix, without `.weight`) are the modules' paths, which AdapterHub's
+    (`<path>.loras.<name>.lora_A`) and PEFT's (`<path>.lora_A.weight`) LoRA files extend. They come from
+    the converter's own key table, so each model type's names are written once.
+    """
+    kernels = {}
+    for row in CONVERTERS[encoder.model_type].rows(encoder):
+        target = row.target() if callable(row.target) else row.target
+        kernels[id(target)] = row.key[:-len(".weight")] if row.key.endswith(".weight") else row.key
+    return {(i, p): kernels[id(block.projection(p).kernel)]
+            for i, block in enumerate(encoder.blocks) for p in LORA_PROJECTIONS}
 
 
 BERT_SLOTS = {"mh": "encoder.layer.{i}.attention.output.", "output": "encoder.layer.{i}.output."}

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
+from keras_adapterfusion.configs import FusionConfig, adapter_config, check_fusable, is_lora
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup, call_form
 from keras_adapterfusion.layers.disentangled_block import RELATIVE_TYPES, DisentangledBlock, relative_indices
 from keras_adapterfusion.layers.text_embeddings import TextEmbeddings
@@ -130,6 +130,7 @@ class TransformerEncoder(keras.layers.Layer):
         fusions=None,
         fusion_reference_form=False,
         checkpoint=None,
+        merged_lora=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -228,6 +229,14 @@ class TransformerEncoder(keras.layers.Layer):
             self.add_adapter(name, config)
         for spec in (fusions or {}).values():
             self.add_fusion(spec["adapters"], spec["config"], name=spec.get("name"))
+        self.merged_lora = None
+        if merged_lora is not None:
+            # A config written with a LoRA merged: its kernels come with the update already in them.
+            self._check_lora(merged_lora, "merged_lora")
+            for block in self.blocks:
+                if block.loras(merged_lora):
+                    block.merged_lora = merged_lora
+            self.merged_lora = merged_lora
 
     def build(self, input_shape=None):
         shape = (None, None, self.hidden_size)
@@ -288,19 +297,47 @@ class TransformerEncoder(keras.layers.Layer):
         `leave_out` and per-block reduction factors); on an error nothing is added.
         """
         check_name(name, "adapter name")
-        config = AdapterConfig.get(config)
+        config = adapter_config(config)
         if name in self.adapter_configs:
             raise ValueError(f"add_adapter: adapter {name!r} already exists; expected a new name.")
         for i in config.leave_out:
             if i >= self.num_layers:
                 raise ValueError(
-                    f"AdapterConfig.leave_out: got block {i}; expected indices below {self.num_layers}."
+                    f"{type(config).__name__}.leave_out: got block {i}; expected indices below {self.num_layers}."
                 )
-        for block in self.blocks:
-            config.bottleneck_size(self.hidden_size, block.block_index)  # validates per-block factors
+        if not is_lora(config):
+            for block in self.blocks:
+                config.bottleneck_size(self.hidden_size, block.block_index)  # validates per-block factors
         for block in self.blocks:
             block.add_adapter(name, config)
         self.adapter_configs[name] = config
+
+    def _check_lora(self, name, what):
+        if not is_lora(self.adapter_configs.get(name)):
+            loras = sorted(n for n, c in self.adapter_configs.items() if is_lora(c))
+            raise ValueError(f"{what}: {name!r} is not a LoRA of the encoder; expected one of {loras}.")
+
+    def merge_lora(self, name):
+        """Fold LoRA `name` into the kernels of every block it adapts (see `TransformerBlock.merge_lora`).
+
+        Inference then costs what the plain encoder costs, and every setup runs with the LoRA merged in
+        (AdapterHub's `merge_adapter`); `unmerge_lora` takes it out. The state is saved with the encoder.
+        """
+        self._check_lora(name, "merge_lora")
+        if self.merged_lora is not None:
+            raise ValueError(f"merge_lora: LoRA {self.merged_lora!r} is merged; expected unmerge_lora() first.")
+        for block in self.blocks:
+            if block.loras(name):
+                block.merge_lora(name)
+        self.merged_lora = name
+
+    def unmerge_lora(self):
+        """Take the merged LoRA out of the kernels again (to float rounding); returns its name, or None."""
+        name = self.merged_lora
+        for block in self.blocks:
+            block.unmerge_lora()
+        self.merged_lora = None
+        return name
 
     def add_fusion(self, adapter_names, config="dynamic", name=None):
         """Add a fusion layer over `adapter_names` to every block. Returns its key.
@@ -374,6 +411,10 @@ class TransformerEncoder(keras.layers.Layer):
             raise ValueError(
                 f"adapter_setup: unknown adapter(s) {missing}; expected names from {sorted(self.adapter_configs)}."
             )
+        loras = [n for n in setup.names() if is_lora(self.adapter_configs[n])]
+        if loras and setup.kind != "single":
+            raise ValueError(f"adapter_setup: {setup} holds the LoRA(s) {loras}; expected a LoRA to run alone (a "
+                             "single setup, its name).")
         for fused in setup.fusions():
             spec = self.fusion_specs.get(fused.fusion_key)
             if spec is None:
@@ -490,5 +531,6 @@ class TransformerEncoder(keras.layers.Layer):
             },
             fusion_reference_form=self.fusion_reference_form,
             checkpoint=self.checkpoint,
+            merged_lora=self.merged_lora,
         )
         return config

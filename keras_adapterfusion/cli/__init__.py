@@ -25,7 +25,7 @@ import sys
 from keras_adapterfusion.backbones.checkpoint import DEFAULT_ENCODER
 from keras_adapterfusion.cli import checks, command_checks, commands, startup
 from keras_adapterfusion.cli.checks import COMMANDS, INT64_MAX, PACKAGE_ERRORS, PROG, SEED_MAX, CLIError
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.configs import AdapterMethodConfig, FusionConfig
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -97,10 +97,11 @@ def build_parser():
     common(p, 3)
     p.add_argument("--adapter-name", type=checks.name_type, default=None,
                    help="default: the task name; no '/', '\\', ',' or control characters, not '.' or '..'")
-    p.add_argument("--adapter-config", type=checks.config_type(AdapterConfig), default="seq_bn",
-                   help=f"a preset ({', '.join(sorted(AdapterConfig.PRESETS))}; default: seq_bn, i.e. pfeiffer) "
-                        "or the path of a JSON file holding an AdapterConfig dict, e.g. "
-                        '{"reduction_factor": 8, "non_linearity": "swish"} (see docs/configs.md)')
+    p.add_argument("--adapter-config", type=checks.config_type(AdapterMethodConfig), default="seq_bn",
+                   help=f"a preset ({', '.join(sorted(AdapterMethodConfig.PRESETS))}; default: seq_bn, i.e. "
+                        "pfeiffer) or the path of a JSON file holding an AdapterConfig or LoRAConfig dict, e.g. "
+                        '{"reduction_factor": 8, "non_linearity": "swish"} or {"architecture": "lora", "r": 4} '
+                        "(see docs/configs.md)")
     p.set_defaults(func="cmd_train_adapter", check=command_checks.check_training)
 
     p = sub.add_parser("fuse", help="stage 2: train AdapterFusion over trained adapters on a target task")

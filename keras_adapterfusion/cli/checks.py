@@ -22,7 +22,7 @@ from keras_adapterfusion.backbones.checkpoint import (
     read_hf_config,
     resolve_checkpoint,
 )
-from keras_adapterfusion.configs import AdapterConfig
+from keras_adapterfusion.configs import adapter_config, is_lora
 from keras_adapterfusion.errors import (
     CheckpointError,
     ExportError,
@@ -325,7 +325,7 @@ def adapter_module(flag, value):
 
 def check_adapter_config(spec, num_layers):
     """What `TransformerEncoder.add_adapter` checks against the encoder: `leave_out` and per-block factors."""
-    config = AdapterConfig.get(spec)
+    config = adapter_config(spec)
     where = f"--adapter-config {spec!r}" if isinstance(spec, str) else "--adapter-config"
     beyond = [i for i in config.leave_out if i >= num_layers]
     if beyond:
@@ -335,7 +335,8 @@ def check_adapter_config(spec, num_layers):
         fail(f"{where}: leave_out lists all {num_layers} blocks; expected at least one block with the adapter")
     try:
         for i in range(num_layers):
-            config.reduction_for_block(i)
+            if not is_lora(config):
+                config.reduction_for_block(i)
     except ValueError as e:
         fail(f"{where}: {first_line(e)}")
 

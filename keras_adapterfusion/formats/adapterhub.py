@@ -35,10 +35,10 @@ out = model({"input_ids": ids, "attention_mask": mask})
 
 import os
 
-from keras_adapterfusion.backbones.converters import CONVERTERS
+from keras_adapterfusion.backbones.converters import CONVERTERS, projection_paths
 from keras_adapterfusion.backbones.huggingface import load_encoder
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
+from keras_adapterfusion.configs import AdapterConfig, FusionConfig, LoRAConfig, check_fusable, is_lora
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.formats.locations import adapter_locations, fusion_locations, module_variable
 from keras_adapterfusion.io import (
@@ -93,10 +93,41 @@ _HEAD_TYPES = {"classification": "classification", "multilabel_classification": 
 
 
 # --------------------------------------------------------------- configs
+# LoRAConfig fields of AdapterHub that this package does not implement, with the values it accepts.
+_UNSUPPORTED_LORA_FIELDS = {
+    "composition_mode": ("add",),
+    "use_gating": (False,),
+    "use_dora": (False,),
+    "vera_d": (None,),
+    "vera_b": (None,),
+}
+_IGNORED_LORA_FIELDS = {"init_weights_seed": None, "dtype": None}
+
+
+def _lora_config_from_adapterhub(data, source):
+    fields = {}
+    known = set(LoRAConfig.__dataclass_fields__) - {"attention_output_lora"}
+    for key, value in data.items():
+        if key in known:
+            fields[key] = value
+        elif key in _UNSUPPORTED_LORA_FIELDS:
+            if value not in _UNSUPPORTED_LORA_FIELDS[key]:
+                raise CheckpointError(f"{source}: {key}={value!r} is not supported; expected one of "
+                                      f"{list(_UNSUPPORTED_LORA_FIELDS[key])} (LoRA, not (IA)^3, VeRA, DoRA or gated).")
+        elif key not in _IGNORED_LORA_FIELDS:
+            raise CheckpointError(f"{source}: unknown field {key!r}; expected AdapterHub LoRAConfig fields.")
+    try:
+        return LoRAConfig.from_dict(fields)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+
+
 def adapter_config_from_adapterhub(data, source="adapter config"):
-    """An `AdapterConfig` from the `config` dict of an AdapterHub `adapter_config.json`."""
+    """An `AdapterConfig` (or a `LoRAConfig`) from the `config` dict of an AdapterHub `adapter_config.json`."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: is {type(data).__name__}; expected an object.")
+    if data.get("architecture") == "lora":
+        return _lora_config_from_adapterhub(data, source)
     fields = {}
     known = {f for f in AdapterConfig.__dataclass_fields__}
     for key, value in data.items():
@@ -119,7 +150,15 @@ def adapter_config_from_adapterhub(data, source="adapter config"):
 
 
 def adapter_config_to_adapterhub(config):
-    """The `config` dict AdapterHub writes for `config` (every BnConfig field)."""
+    """The `config` dict AdapterHub writes for `config` (every BnConfig or LoRAConfig field)."""
+    if is_lora(config):
+        if config.attention_output_lora:
+            raise ValueError("save_adapter: a LoRA of the attention output projection (attention_output_lora) has "
+                             "no AdapterHub form; expected selfattn, intermediate and output LoRAs only.")
+        out = dict(_IGNORED_LORA_FIELDS)
+        out.update({k: v[0] for k, v in _UNSUPPORTED_LORA_FIELDS.items()})
+        out.update({k: v for k, v in config.to_dict().items() if k != "attention_output_lora"})
+        return out
     out = dict(_IGNORED_ADAPTER_FIELDS)
     out.update({k: v[0] for k, v in _UNSUPPORTED_ADAPTER_FIELDS.items() if k != "architecture"})
     out["stochastic_depth"] = 0.0
@@ -200,6 +239,11 @@ def _target(encoder, loc, kind, key):
 def adapter_rows(encoder, name, config, stored_name=None):
     """`WeightRow`s of adapter `name` (keys as AdapterHub writes them for `stored_name`, without prefix)."""
     stored_name = stored_name or name
+    if is_lora(config):  # `<projection's module>.loras.<name>.lora_A`
+        paths = projection_paths(encoder)
+        return [WeightRow(paths[(loc.block, loc.slot)] + f".loras.{stored_name}." + loc.hub, loc.shape,
+                          _target(encoder, loc, "adapter", name), loc.transform)
+                for loc in adapter_locations(encoder, config)]
     return [WeightRow(_slot_prefix(encoder, loc.block, loc.slot) + f"adapters.{stored_name}." + loc.hub, loc.shape,
                       _target(encoder, loc, "adapter", name), loc.transform)
             for loc in adapter_locations(encoder, config)]
@@ -209,7 +253,7 @@ def _adapter_aliases(config, rows):
     """With `ln_before`, AdapterHub stores the new LayerNorm twice: as `adapter_down.0.*` (the first
     module of the down projection) and as `adapter_norm_before.*`. The first is loaded; the second
     is its alias."""
-    if not config.ln_before:
+    if is_lora(config) or not config.ln_before:
         return {}
     return {row.key.replace(".adapter_down.0.", ".adapter_norm_before."): row.key
             for row in rows if ".adapter_down.0." in row.key}

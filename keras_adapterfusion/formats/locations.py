@@ -8,11 +8,29 @@ two layouts. The native format (`saving`) keys these tables by location, Adapter
 
 import collections
 
+from keras_adapterfusion.configs import is_lora
+
 Location = collections.namedtuple("Location", ["block", "slot", "sub", "attr", "shape", "hub", "transform"])
 
 
+def lora_locations(encoder, config):
+    """`Location`s of every variable of a LoRA with `config`: per block and projection (the `slot` field),
+    `lora_A` `[in, r]` and `lora_B` `[r, out]` (AdapterHub and PEFT store both transposed)."""
+    out = []
+    for i, block in enumerate(encoder.blocks):
+        if not config.in_block(i):
+            continue
+        for projection in config.projections():
+            fan_in, units = block._projection_shape(projection)
+            out.append(Location(i, projection, None, "lora_A", (fan_in, config.r), "lora_A", "transpose"))
+            out.append(Location(i, projection, None, "lora_B", (config.r, units), "lora_B", "transpose"))
+    return out
+
+
 def adapter_locations(encoder, config):
-    """`Location`s of every variable of an adapter with `config` in `encoder`."""
+    """`Location`s of every variable of an adapter with `config` in `encoder` (a LoRA's: `lora_locations`)."""
+    if is_lora(config):
+        return lora_locations(encoder, config)
     h = encoder.hidden_size
     out = []
     for i in range(encoder.num_layers):

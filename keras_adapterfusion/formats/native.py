@@ -40,7 +40,7 @@ import os
 import keras
 import numpy as np
 
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig
+from keras_adapterfusion.configs import FusionConfig, adapter_config
 from keras_adapterfusion.errors import CheckpointError
 from keras_adapterfusion.formats.locations import adapter_locations, fusion_locations, module_variable
 from keras_adapterfusion.io import (
@@ -196,7 +196,7 @@ def load_adapter(encoder, directory, load_as=None, allow_nonfinite=False):
     path, meta, weights = read_module(directory, "adapter")
     check_encoder(meta, path, encoder)
     try:
-        config = AdapterConfig.from_dict(meta["config"])
+        config = adapter_config(meta["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: config: {e}") from e
     name = check_name(load_as, "load_as") if load_as is not None else meta["name"]

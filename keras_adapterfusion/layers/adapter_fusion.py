@@ -229,6 +229,8 @@ class AdapterFusion(keras.layers.Layer):
             if training:
                 self.temperature_value.assign(ops.maximum(t - TEMPERATURE_START / 1000.0, 1.0))
         if fixed is None or all(math.isnan(w) for w in fixed):
+            if scores.shape[-1] == 1:  # one adapter (the others excluded): its weight is 1
+                return ops.ones_like(scores)
             return ops.softmax(scores, axis=-1)
         is_fixed = np.array([not math.isnan(w) for w in fixed])
         values = ops.convert_to_tensor(np.where(is_fixed, np.nan_to_num(fixed), 0.0), dtype=scores.dtype)

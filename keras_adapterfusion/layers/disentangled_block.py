@@ -91,24 +91,25 @@ class DisentangledBlock(TransformerBlock):
         b, t = ops.shape(x)[0], ops.shape(x)[1]
         return ops.transpose(ops.reshape(x, (b, t, self.num_heads, self.head_dim)), (0, 2, 1, 3))
 
-    def _attention(self, x, attention_mask, training, relative=None):
+    def _attention(self, x, attention_mask, training, relative=None, lora=None):
         if relative is None:
             raise ValueError("DisentangledBlock: needs relative=(embeddings, c2p, p2c) from its encoder.")
         embeddings, c2p_index, p2c_index = relative
         b, t = ops.shape(x)[0], ops.shape(x)[1]
         h = self.hidden_size
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, lora, training)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)) / self.scale)
         embeddings = self.hidden_dropout_layer(ops.cast(embeddings, x.dtype)[None], training=training)
         shape = (b, self.num_heads, t, t)
         bias = None
         if "c2p" in self.relative_types:
-            position_keys = self._heads(self._linear(self.key_dense, embeddings))  # [1, heads, 2 span, head_dim]
+            # The position projections are the content ones (with a LoRA's update, as AdapterHub wraps them).
+            position_keys = self._heads(self._project("key", embeddings, lora, training))  # [1, heads, 2 span, d]
             c2p = ops.matmul(q, ops.transpose(position_keys, (0, 1, 3, 2)))  # [batch, heads, tokens, 2 span]
             c2p = ops.take_along_axis(c2p, ops.broadcast_to(c2p_index[None, None], shape), axis=-1)
             bias = c2p / self.scale
         if "p2c" in self.relative_types:
-            position_queries = self._heads(self._linear(self.query_dense, embeddings))
+            position_queries = self._heads(self._project("query", embeddings, lora, training))
             p2c = ops.matmul(k, ops.transpose(position_queries, (0, 1, 3, 2)))  # [batch, heads, key, 2 span]
             p2c = ops.take_along_axis(p2c, ops.broadcast_to(p2c_index[None, None], shape), axis=-1)
             p2c = ops.transpose(p2c, (0, 1, 3, 2)) / self.scale

@@ -3,12 +3,13 @@
 import keras
 from keras import ops
 
-from keras_adapterfusion.configs import AdapterConfig, FusionConfig, check_fusable
+from keras_adapterfusion.configs import FusionConfig, adapter_config, check_fusable, is_lora
 from keras_adapterfusion.layers.activations import get_activation
 from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup, call_form
 from keras_adapterfusion.layers.adapter_slot import LOCATIONS, AdapterSlot
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
+from keras_adapterfusion.layers.lora import LoRA, LoRALayers
 from keras_adapterfusion.layers.numerics import lowest, softmax_input
 from keras_adapterfusion.names import check_name, path_part
 
@@ -55,6 +56,7 @@ class TransformerBlock(keras.layers.Layer):
         adapters: dict adapter name -> `AdapterConfig` dict (for `from_config`).
         fusions: dict fusion key -> `{"adapters": [...], "config": {...}, "name": ...}`.
         fusion_reference_form: compute fusion in AdapterHub's literal form.
+        merged_lora: the LoRA whose update is folded into the projections' kernels (`merge_lora`), or None.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -105,6 +107,7 @@ class TransformerBlock(keras.layers.Layer):
         adapters=None,
         fusions=None,
         fusion_reference_form=False,
+        merged_lora=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -132,8 +135,16 @@ class TransformerBlock(keras.layers.Layer):
         # One slot per adapter location; each holds that location's adapters and fusions.
         self.slots = {loc: AdapterSlot(loc, block_index, dtype=self.dtype_policy, name=f"{loc}_slot")
                       for loc in LOCATIONS}
+        # LoRAs change the block's projections: `lora_slot` holds their layers by weight-path key,
+        # `_lora_keys` maps a LoRA's name to {projection: key}.
+        self.lora_slot = LoRALayers(dtype=self.dtype_policy, name="lora_slot")
+        self._lora_keys = {}
         for name, config in (adapters or {}).items():
             self.add_adapter(name, config)
+        if merged_lora is not None and merged_lora not in self._lora_keys:
+            raise ValueError(f"TransformerBlock.merged_lora: got {merged_lora!r}; expected one of the block's LoRAs "
+                             f"{sorted(self._lora_keys)}.")
+        self.merged_lora = merged_lora
         for spec in (fusions or {}).values():
             self.add_fusion(spec["adapters"], spec["config"], name=spec.get("name"))
 
@@ -178,6 +189,9 @@ class TransformerBlock(keras.layers.Layer):
         for slot in self.slots.values():
             for layer in (*slot.adapters.values(), *slot.fusions.values()):
                 self._build_adapter_layer(layer)
+        for keys in self._lora_keys.values():
+            for projection, key in keys.items():
+                self._build_lora(projection, self.lora_slot.layers_by_key[key])
 
     # The slots' layers under the attribute names they had before the slots existed: Keras's `.keras`
     # format stores weights by the first attribute path that reaches them, in name order, so these keep
@@ -214,6 +228,27 @@ class TransformerBlock(keras.layers.Layer):
             else:
                 layer.build(shape)
 
+    def projection(self, name):
+        """The block's `Dense` layer for a LoRA projection name (`configs.LORA_PROJECTIONS`)."""
+        return {"query": self.query_dense, "key": self.key_dense, "value": self.value_dense,
+                "attention_output": self.attention_output_dense, "intermediate": self.intermediate_dense,
+                "output": self.output_dense}[name]
+
+    def _projection_shape(self, projection):
+        """`(input width, output width)` of a projection."""
+        if projection == "intermediate":
+            return self.hidden_size, self.intermediate_size
+        if projection == "output":
+            return self.intermediate_size, self.hidden_size
+        return self.hidden_size, self.hidden_size
+
+    def _build_lora(self, projection, layer):
+        if layer.built:
+            return
+        shape = self._adapter_input_shape
+        with keras.name_scope(self.name, caller=self):
+            layer.build(tuple(shape[:-1]) + (self._projection_shape(projection)[0],))
+
     # ------------------------------------------------------- adding adapters
     def _attach(self, slot, key, layer, config=None):
         self.slots[slot].add(key, layer, config)
@@ -230,10 +265,12 @@ class TransformerBlock(keras.layers.Layer):
         check_name(name, "adapter name")
         if name in self.adapter_configs:
             raise ValueError(f"adapter name: {name!r} is already in block {self.block_index}; expected a new name.")
-        config = AdapterConfig.get(config)
+        config = adapter_config(config)
         if not config.in_block(self.block_index):
             self.adapter_configs[name] = config
             return False
+        if is_lora(config):
+            return self._add_lora(name, config)
         layers = {
             slot: BottleneckAdapter.from_adapter_config(
                 config, self.hidden_size, self.block_index, dtype=self.dtype_policy, name=f"{slot}_adapter_{path_part(name)}",
@@ -244,6 +281,55 @@ class TransformerBlock(keras.layers.Layer):
         for slot, layer in layers.items():
             self._attach(slot, name, layer, config)
         return True
+
+    def _add_lora(self, name, config):
+        layers = {
+            p: LoRA.from_lora_config(config, self._projection_shape(p)[1], dtype=self.dtype_policy,
+                                     name=f"{p}_lora_{path_part(name)}")
+            for p in config.projections()
+        }
+        self.adapter_configs[name] = config
+        self._lora_keys[name] = {}
+        for projection, layer in layers.items():
+            key = f"{projection}_lora_{path_part(name)}"
+            self.lora_slot.layers_by_key[key] = layer
+            self._lora_keys[name][projection] = key
+            if self.built:
+                self._build_lora(projection, layer)
+        return True
+
+    def loras(self, name):
+        """The `LoRA` layers of LoRA `name` in this block, by projection (empty when it is left out)."""
+        return {p: self.lora_slot.layers_by_key[k] for p, k in self._lora_keys.get(name, {}).items()}
+
+    def merge_lora(self, name):
+        """Fold LoRA `name`'s update into the kernels of its projections: `W += scaling · A B`.
+
+        The merged block computes the LoRA at no extra cost; it then runs it whatever the setup (its
+        projections are changed), as AdapterHub's `merge_adapter`. One LoRA at a time; `unmerge_lora`
+        takes it out again (to float rounding: `W + D - D`).
+        """
+        if name not in self._lora_keys:
+            raise ValueError(f"merge_lora: no LoRA {name!r} in block {self.block_index}; expected one of "
+                             f"{sorted(self._lora_keys)}.")
+        if self.merged_lora is not None:
+            raise ValueError(f"merge_lora: LoRA {self.merged_lora!r} is merged into block {self.block_index}; "
+                             "expected unmerge_lora() first.")
+        for projection, layer in self.loras(name).items():
+            kernel = self.projection(projection).kernel
+            kernel.assign(kernel + ops.cast(layer.delta(), kernel.dtype))
+        self.merged_lora = name
+
+    def unmerge_lora(self):
+        """Take the merged LoRA's update out of the kernels again (`W -= scaling · A B`); returns its name."""
+        name = self.merged_lora
+        if name is None:
+            return None
+        for projection, layer in self.loras(name).items():
+            kernel = self.projection(projection).kernel
+            kernel.assign(kernel - ops.cast(layer.delta(), kernel.dtype))
+        self.merged_lora = None
+        return name
 
     def add_fusion(self, adapter_names, config="dynamic", name=None):
         """Add a fusion layer over `adapter_names` (in every slot they share); returns its key.
@@ -296,7 +382,10 @@ class TransformerBlock(keras.layers.Layer):
         ]
 
     def adapter_layers(self, name):
-        """The `BottleneckAdapter` layers of adapter `name` in this block, by slot."""
+        """The layers of adapter `name` in this block: `BottleneckAdapter`s by slot, or a LoRA's `LoRA`
+        layers by projection."""
+        if name in self._lora_keys:
+            return self.loras(name)
         return {s: slot.adapters[name] for s, slot in self.slots.items() if name in slot.adapters}
 
     def fusion_layers(self, key):
@@ -318,22 +407,43 @@ class TransformerBlock(keras.layers.Layer):
             y = y + layer.bias
         return ops.reshape(y, tuple(shape[:-1]) + (layer.units,))
 
-    def _qkv(self, x):
+    def _project(self, projection, x, lora=None, training=None):
+        """One of the block's projections of `x`, with LoRA `lora`'s update when it adapts it."""
+        y = self._linear(self.projection(projection), x)
+        layers = self.loras(lora) if lora is not None else {}
+        if projection in layers:
+            y = y + layers[projection](x, training=training)
+        return y
+
+    def _active_lora(self, setup):
+        """The LoRA `setup` runs here (a single setup naming one of this block's LoRAs, not merged), or None."""
+        if setup is None or setup.kind != "single":
+            return None
+        name = setup.adapters[0]
+        return name if name in self._lora_keys and name != self.merged_lora else None
+
+    def _qkv(self, x, lora=None, training=None):
         """Queries, keys and values `[batch, heads, tokens, head_dim]`, as one product over the three
-        kernels side by side."""
+        kernels side by side (and LoRA `lora`'s updates of them)."""
         b, t = ops.shape(x)[0], ops.shape(x)[1]
         kernel = ops.concatenate([self.query_dense.kernel, self.key_dense.kernel, self.value_dense.kernel], axis=1)
         bias = ops.concatenate([self.query_dense.bias, self.key_dense.bias, self.value_dense.bias], axis=0)
-        qkv = ops.matmul(ops.reshape(x, (-1, self.hidden_size)), kernel) + bias
+        x2 = ops.reshape(x, (-1, self.hidden_size))
+        qkv = ops.matmul(x2, kernel) + bias
+        layers = self.loras(lora) if lora is not None else {}
+        if any(p in layers for p in ("query", "key", "value")):
+            updates = [layers[p](x2, training=training) if p in layers else None for p in ("query", "key", "value")]
+            zeros = ops.zeros_like(next(u for u in updates if u is not None))
+            qkv = qkv + ops.concatenate([zeros if u is None else u for u in updates], axis=1)
         qkv = ops.reshape(qkv, (b, t, 3, self.num_heads, self.head_dim))
         # [3, batch, heads, tokens, head_dim], unstacked (not sliced: a slice's gradient is a
         # full-size scatter, an unstack's a stack).
         return ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
 
-    def _attention(self, x, attention_mask, training, relative=None):
+    def _attention(self, x, attention_mask, training, relative=None, lora=None):
         b, t = ops.shape(x)[0], ops.shape(x)[1]
         h = self.hidden_size
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, lora, training)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
         scores = softmax_input(scores) / (self.head_dim ** 0.5)
         if attention_mask is not None:
@@ -360,15 +470,17 @@ class TransformerBlock(keras.layers.Layer):
         if setup is not None and setup.kind == "per_row" and adapter_index is None:
             raise ValueError("TransformerBlock: a per-row adapter setup needs adapter_index ([batch] ints).")
         x = hidden_states
-        h = self._linear(self.attention_output_dense, self._attention(x, attention_mask, training, relative))
+        lora = self._active_lora(setup)
+        h = self._project("attention_output", self._attention(x, attention_mask, training, relative, lora), lora,
+                          training)
         if self.attention_output_dropout:
             h = self.hidden_dropout_layer(h, training=training)
         if self.swap_attention_slot_inputs:
             h, x = x, h
         x1, mh_probs = self.slots["mh"].forward(h, x, self.attention_norm, setup, adapter_index, training,
                                                 regularize)
-        inter = self._act(self._linear(self.intermediate_dense, x1))
-        h2 = self._linear(self.output_dense, inter)
+        inter = self._act(self._project("intermediate", x1, lora, training))
+        h2 = self._project("output", inter, lora, training)
         if self.feed_forward_dropout:
             h2 = self.hidden_dropout_layer(h2, training=training)
         out, out_probs = self.slots["output"].forward(h2, x1, self.output_norm, setup, adapter_index, training,
@@ -400,5 +512,6 @@ class TransformerBlock(keras.layers.Layer):
                 for k, s in self.fusion_specs.items()
             },
             fusion_reference_form=self.fusion_reference_form,
+            merged_lora=self.merged_lora,
         )
         return config

@@ -33,7 +33,7 @@ fusion = builders.build_fusion_model(encoder, ["sentiment", "nli"], num_labels=3
 
 from keras_adapterfusion.backbones.huggingface import load_encoder
 from keras_adapterfusion.backbones.transformer_encoder import TransformerEncoder
-from keras_adapterfusion.configs import AdapterConfig
+from keras_adapterfusion.configs import adapter_config
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup
 from keras_adapterfusion.layers.classification_head import ClassificationHead
 from keras_adapterfusion.models.adapter_model import AdapterModel, MultiTaskModel
@@ -88,10 +88,10 @@ def _ensure_adapter(encoder, name, config):
     if it has it, `config` (when given) must match."""
     if name not in encoder.adapter_configs:
         encoder.add_adapter(name, config if config is not None else "seq_bn")
-    elif config is not None and AdapterConfig.get(config) != encoder.adapter_configs[name]:
+    elif config is not None and adapter_config(config) != encoder.adapter_configs[name]:
         raise ValueError(
             f"build: adapter {name!r} already exists with config {encoder.adapter_configs[name]}; "
-            f"got a different config {AdapterConfig.get(config)}."
+            f"got a different config {adapter_config(config)}."
         )
 
 
