@@ -124,6 +124,8 @@ def ws(tmp_path_factory):
 
     p["config_good"] = _write(os.path.join(root, "adapter_config.json"), {"reduction_factor": 8})
     p["config_zero"] = _write(os.path.join(root, "config_zero.json"), {"reduction_factor": 0})
+    p["config_lora"] = _write(os.path.join(root, "config_lora.json"), {"architecture": "lora", "r": 4, "alpha": 8})
+    p["config_lora_bad"] = _write(os.path.join(root, "config_lora_bad.json"), {"architecture": "lora", "r": 0})
     p["config_unknown"] = _write(os.path.join(root, "config_unknown.json"), {"bottleneck": 8})
     p["config_list"] = _write(os.path.join(root, "config_list.json"), [8])
     p["config_not_json"] = _write(os.path.join(root, "config_not_json.json"), "{")
@@ -225,6 +227,8 @@ CASES += [
     (ADAPTER + ["--adapter-config", "{config_zero}"], ["--adapter-config", "config_zero.json",
                                                        "reduction_factor: got 0; expected a positive number"]),
     (ADAPTER + ["--adapter-config", "{config_unknown}"], ["--adapter-config", "unknown field(s) ['bottleneck']"]),
+    (ADAPTER + ["--adapter-config", "{config_lora_bad}"], ["--adapter-config", "config_lora_bad.json",
+                                                           "LoRAConfig.r: got 0; expected an int >= 1"]),
     (ADAPTER + ["--adapter-config", "{config_list}"], ["--adapter-config", "config_list.json", "JSON list"]),
     (ADAPTER + ["--adapter-config", "{config_not_json}"], ["--adapter-config", "config_not_json.json",
                                                            "not valid JSON"]),
@@ -417,6 +421,9 @@ GOOD = [
     (TRAIN[:3] + ["--output-dir", "{old_run}", "--overwrite"], {}),
     (ADAPTER + ["--adapter-name", "tweets.v2", "--adapter-config", "houlsby"], {"adapter_config": "houlsby"}),
     (ADAPTER + ["--adapter-config", "{config_good}"], {}),
+    (ADAPTER + ["--adapter-config", "lora"], {"adapter_config": "lora"}),
+    (ADAPTER + ["--adapter-config", "par_bn"], {"adapter_config": "par_bn"}),
+    (ADAPTER + ["--adapter-config", "{config_lora}"], {}),
     (FUSE_AB + ["--fusion-config", "static"], {"adapter_dirs": ["{adapter_a}/adapter", "{adapter_b}/adapter"]}),
     (["head-only", "--task", "rte", "--output-dir", "{root}/out", "--encoder", "{roberta_enc}", "--max-length", "5"],
      {"max_length": 5}),

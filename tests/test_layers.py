@@ -18,10 +18,11 @@ from keras_adapterfusion import (
     BottleneckAdapter,
     ClassificationHead,
     FusionConfig,
+    LoRAConfig,
     TransformerBlock,
     TransformerEncoder,
 )
-from keras_adapterfusion.layers import MultipleChoiceHead, TextEmbeddings, TokenClassificationHead
+from keras_adapterfusion.layers import LoRA, MultipleChoiceHead, TextEmbeddings, TokenClassificationHead
 
 H, LAYERS = 32, 2
 # The battery's shapes: hidden 16, batch 3, 6 tokens.
@@ -230,6 +231,16 @@ def battery_cases():
                 prepare_fit=_freeze(*frozen), updated_in_training=("temperature",), may_stay=KEY_BIAS,
                 check=_fusion_probabilities(slots),
             ))
+    # LoRA: the layer, and a block whose projections a LoRA adapts (stage 1: only the LoRA trains).
+    cases.append(LayerCase("lora", LoRA, dict(units=12, r=4, alpha=8.0, dropout=0.1, init_weights="bert"),
+                           {"inputs": _normal(B, T, BH)}))
+    lora = LoRAConfig(r=2, alpha=4, attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True,
+                      attention_output_lora=True, init_weights="bert").to_dict()
+    cases.append(LayerCase(
+        "block-lora", TransformerBlock, _block_kwargs(adapters={"task": lora}), block_inputs,
+        {"adapter_setup": "task"}, prepare_fit=_freeze(_block_base), may_stay=KEY_BIAS,
+        check=_adapter_changes_block_output,
+    ))
     # A fusion of parallel adapters (their own residual form, see AdapterSlot.pre_forward).
     parallel = {n: AdapterConfig.from_preset("par_bn", reduction_factor=r).to_dict()
                 for n, r in (("a", 4), ("b", 8), ("c", 2))}

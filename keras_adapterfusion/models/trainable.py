@@ -51,10 +51,13 @@ def check_spec(spec):
 
 
 def _adapter_layers(encoder):
-    """`(name, layer)` of every adapter layer of every block and slot."""
+    """`(name, layer)` of every adapter layer of every block: each slot's, then each LoRA's."""
     for block in encoder.blocks:
         for slot in block.slots.values():
             yield from slot.adapters.items()
+        for name in block.adapter_configs:
+            for layer in block.loras(name).values():
+                yield name, layer
 
 
 def _fusion_layers(encoder):
