@@ -112,6 +112,30 @@ def _register_with_keras():
         importlib.import_module(module)
 
 
+# Registration waits while one of this package's modules is importing: the first `import keras` usually comes
+# from inside one (`import keras_adapterfusion.layers` runs `layers/adapter_fusion.py`, which imports Keras),
+# and the modules registration imports need that one finished. `_OwnModuleLoader` registers when the last of
+# them is done.
+_registration_pending = False
+
+
+def _own_modules_importing(besides=None):
+    """Whether a module of this package (other than `besides`) is being imported right now."""
+    prefix = __name__ + "."
+    return any(name.startswith(prefix) and name != besides
+               and getattr(getattr(module, "__spec__", None), "_initializing", False)
+               for name, module in list(sys.modules.items()))
+
+
+def _register_when_ready(besides=None):
+    global _registration_pending
+    if _own_modules_importing(besides):
+        _registration_pending = True
+    else:
+        _registration_pending = False
+        _register_with_keras()
+
+
 class _RunAfterKerasLoads(importlib.abc.Loader):
     """Keras's own loader, then `_register_with_keras` once Keras has finished importing."""
 
@@ -123,10 +147,45 @@ class _RunAfterKerasLoads(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        _register_with_keras()
+        _register_when_ready()
 
     def __getattr__(self, name):  # resource readers and the like: Keras's loader answers
         return getattr(self._loader, name)
+
+
+class _OwnModuleLoader(importlib.abc.Loader):
+    """A module of this package's own loader; after the module ran, a pending registration runs (see above)."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        if _registration_pending:
+            _register_when_ready(besides=module.__name__)
+
+    def __getattr__(self, name):  # `python -m`'s get_code, resource readers and the like
+        return getattr(self._loader, name)
+
+
+class _WatchOwnModules(importlib.abc.MetaPathFinder):
+    """Wraps the loader of every module of this package in `_OwnModuleLoader`."""
+
+    def find_spec(self, fullname, path, target=None):
+        if not fullname.startswith(__name__ + "."):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and not isinstance(spec.loader, _OwnModuleLoader):
+                    spec.loader = _OwnModuleLoader(spec.loader)
+                return spec
+        return None
 
 
 class _WatchForKeras(importlib.abc.MetaPathFinder):
@@ -178,6 +237,8 @@ class _FindMovedModules(importlib.abc.MetaPathFinder):
 
 if not any(isinstance(finder, _FindMovedModules) for finder in sys.meta_path):
     sys.meta_path.append(_FindMovedModules())
+if not any(isinstance(finder, _WatchOwnModules) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _WatchOwnModules())
 if "keras" in sys.modules:
     _register_with_keras()
 elif not any(isinstance(finder, _WatchForKeras) for finder in sys.meta_path):

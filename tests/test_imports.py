@@ -45,3 +45,19 @@ def test_old_module_paths_are_the_new_modules():
     for old, new in keras_adapterfusion._MOVED.items():
         assert importlib.import_module(f"keras_adapterfusion.{old}") is \
             importlib.import_module(f"keras_adapterfusion.{new}"), old
+
+
+def test_any_module_can_be_imported_first_and_keras_still_learns_every_class():
+    """The first `import keras` may come from inside one of the package's modules (here: the module imported
+    first); registration then waits until that import is done, instead of importing half-imported modules."""
+    code = ("import importlib, sys\n"
+            "importlib.import_module(sys.argv[1])\n"
+            "import keras\n"
+            "names = ('TransformerEncoder', 'AdapterModel', 'ParallelModel', 'LoRA', 'AdapterSlot')\n"
+            "print([n for n in names if keras.saving.get_registered_object('keras_adapterfusion>' + n) is None])")
+    for first in ("keras_adapterfusion.layers.adapter_setup", "keras_adapterfusion.backbones.transformer_encoder",
+                  "keras_adapterfusion.formats.adapterhub"):
+        out = subprocess.run([sys.executable, "-c", code, first], capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, KERAS_BACKEND="jax"))
+        assert out.returncode == 0, (first, out.stderr[-2000:])
+        assert out.stdout.strip().splitlines()[-1] == "[]", (first, out.stdout)
