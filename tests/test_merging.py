@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_adapterfusion import AdapterConfig, TransformerEncoder, merge_adapters
+from keras_adapterfusion import AdapterConfig, LoRAConfig, TransformerEncoder, merge_adapters
 
 
 def encoder_with(configs, seed=0):
@@ -50,12 +50,20 @@ def test_every_variable_is_the_weighted_sum():
     (lambda e: merge_adapters(e, "m", ["a", "b"], weights=[1.0, -1.0]), "sum to 0"),
     (lambda e: merge_adapters(e, "m", {"a": 1.0, "b": 1.0}, weights=[1, 1]), "expected one"),
     (lambda e: merge_adapters(e, "a", ["a", "b"]), "already has an adapter 'a'"),
-    (lambda e: merge_adapters(e, "m", ["a", "b"], method="ties"), "method 'ties'"),
+    (lambda e: merge_adapters(e, "m", ["a", "b"], method="ties", density=0.5), "method 'ties' merges LoRAs"),
+    (lambda e: merge_adapters(e, "m", ["a", "b"], method="dare"), "method 'dare'"),
+    (lambda e: merge_adapters(e, "m", ["l1", "l2"], method="ties"), "density None; expected a fraction"),
+    (lambda e: merge_adapters(e, "m", ["l1", "l2"], method="ties", density=0.5, majority_sign="x"),
+     "majority_sign 'x'"),
+    (lambda e: merge_adapters(e, "m", ["l1", "l2"], method="peft_linear", density=0.5), "only 'ties' prunes"),
+    (lambda e: merge_adapters(e, "m", ["l1", "l3"], method="peft_linear"), "differ in \\['r'\\]"),
+    (lambda e: merge_adapters(e, "m", ["a", "l1"]), "mix LoRAs and bottleneck adapters"),
     (lambda e: merge_adapters(e, "x/y", ["a", "b"]), "merge_adapters name"),
 ])
 def test_bad_merges_are_refused_and_change_nothing(call, message):
     enc = encoder_with({"a": "seq_bn", "b": "seq_bn", "other": AdapterConfig(non_linearity="swish",
-                                                                              reduction_factor=4)})
+                                                                              reduction_factor=4),
+                        "l1": LoRAConfig(r=2), "l2": LoRAConfig(r=2, alpha=4), "l3": LoRAConfig(r=4)})
     before = sorted(enc.adapter_configs)
     with pytest.raises(ValueError, match=message):
         call(enc)

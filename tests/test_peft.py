@@ -18,7 +18,8 @@ from keras_adapterfusion import CheckpointError, load_encoder
 from keras_adapterfusion.formats.peft import load_peft_lora
 
 PEFT = os.path.join(FIXTURES, "peft")
-CASES = sorted(os.listdir(PEFT)) if os.path.isdir(PEFT) else []
+CASES = sorted(c for c in os.listdir(PEFT) if os.path.isfile(os.path.join(PEFT, c, "adapter_config.json"))) \
+    if os.path.isdir(PEFT) else []
 
 
 def case_of(case):
@@ -108,3 +109,37 @@ def test_bad_peft_files_are_refused_and_change_nothing(tmp_path, change, message
     with pytest.raises(CheckpointError, match=message):
         load_peft_lora(encoder, target)
     assert encoder.adapter_configs == {}
+
+
+@pytest.mark.parametrize("merge", ["merged_linear", "merged_ties"])
+def test_lora_merging_matches_pefts_add_weighted_adapter(merge):
+    """`merge_adapters(method="peft_linear" / "ties")` against PEFT's own merges of the same two LoRAs."""
+    from keras import ops
+
+    from keras_adapterfusion import merge_adapters
+
+    directory = os.path.join(PEFT, "merge")
+    spec = json.load(open(os.path.join(directory, "case.json")))
+    case = next(m for m in spec["merges"] if m["name"] == merge)
+    ref = np.load(os.path.join(directory, "reference.npz"))
+    encoder = load_encoder(os.path.join(BACKBONES, spec["base"]))
+    for name in ("movie", "news", merge):
+        load_peft_lora(encoder, os.path.join(directory, name), name="peft_" + name if name == merge else name)
+    method = {"linear": "peft_linear", "ties": "ties"}[case["combination_type"]]
+    merge_adapters(encoder, "ours", ["movie", "news"], weights=case["weights"], method=method,
+                   density=case.get("density"))
+    assert encoder.adapter_configs["ours"].scaling == 1.0
+    for mine, theirs in zip(encoder.adapter_weights("ours"), encoder.adapter_weights("peft_" + merge)):
+        mine, theirs = ops.convert_to_numpy(mine), ops.convert_to_numpy(theirs)
+        # The same float32 operations in the same order: two roundings of the weighted sum at most.
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=4 * 2.0**-24 * max(1.0, float(np.abs(theirs).max())))
+    for name in ("movie", "news"):  # the merged inputs are PEFT's
+        errors = {"last_hidden_state": max_abs(encoder(model_inputs(ref), adapter_setup=name)["last_hidden_state"],
+                                               ref[name])}
+        assert_parity(f"PEFT merge input {name}", errors, bounds_for({"last_hidden_state": ref[name]}, list(errors),
+                                                                      "float32", *base_shape(os.path.join(BACKBONES, spec["base"]))))
+    out = encoder(model_inputs(ref), adapter_setup="ours")["last_hidden_state"]
+    errors = {"last_hidden_state": max_abs(out, ref[merge])}
+    print(merge, errors)
+    assert_parity(f"PEFT {merge}", errors, bounds_for({"last_hidden_state": ref[merge]}, list(errors), "float32",
+                                                     *base_shape(os.path.join(BACKBONES, spec["base"]))))
