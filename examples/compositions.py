@@ -37,7 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--adapter-lr", type=float, default=1e-3)
-    parser.add_argument("--target-lr", type=float, default=5e-4)
+    parser.add_argument("--target-lr", type=float, default=5e-4, help="the fusion's and the stacked adapter's")
+    parser.add_argument("--head-lr", type=float, default=3e-3,
+                        help="the heads' on merged and averaged sources, where only a head trains")
     parser.add_argument("--output-dir", default="compositions_output")
     parser.add_argument("--smoke", action="store_true", help="a few steps on the tiny test encoder")
     return parser.parse_args(argv)
@@ -117,7 +119,7 @@ def main(argv=None):
         model = AdapterModel(encoder, new_head(), adapter_setup=setup, output_key="logits",
                              trainable_spec=make_spec(heads=True), name=label)
         print(f"\n== target {args.target}: {setup} (head only)")
-        fit(model, train, args.target_lr)
+        fit(model, train, args.head_lr)
         results[label] = evaluate(model)
 
     stacked = builders.build_adapter_model(encoder, "target_on_first", head=new_head(), stacked_on=[first])

@@ -547,3 +547,27 @@ def test_all_tasks_runs_a_fusion_and_its_adapters_in_one_encoder_pass(models, tm
     # and all_tasks one encoder call, the three setups in parallel (Keras traces each signature twice).
     fuse, a, b = AdapterSetup.fuse(["a", "b"]), AdapterSetup.single("a"), AdapterSetup.single("b")
     assert calls and calls == [fuse, fuse, a, b, parallel] * (len(calls) // 5), [str(c) for c in calls]
+
+
+@pytest.mark.parametrize("config", ["lora", "par_bn", "lora_merged"])
+def test_lora_and_parallel_adapter_models_export(config, tmp_path):
+    """A LoRA (unmerged and merged) and a parallel adapter export and serve what Keras computes."""
+    import tensorflow as tf
+
+    from keras_adapterfusion import load_encoder
+    from keras_adapterfusion.serving.export import export_saved_model
+    from keras_adapterfusion.training import builders
+
+    encoder = load_encoder(TINY_BERT)
+    model = builders.build_adapter_model(encoder, "task", num_labels=3, adapter_config="lora" if config.startswith("lora") else config)
+    rng = np.random.default_rng(5)
+    for v in encoder.adapter_weights("task") + model.head.weights:
+        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    if config == "lora_merged":
+        encoder.merge_lora("task")
+    path = export_saved_model(model, str(tmp_path), model_name="m", tokenizer=None)
+    x = {"input_ids": rng.integers(5, 1000, (2, 7)).astype("int64"), "attention_mask": np.ones((2, 7), "int64"),
+         "token_type_ids": np.zeros((2, 7), "int64")}
+    served = tf.saved_model.load(path).signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
+    logits = ops.convert_to_numpy(model({k: v.astype("int32") for k, v in x.items()}))
+    assert max_abs(served["logits"].numpy(), logits) < rounding_bound(logits)

@@ -11,8 +11,7 @@
   magnitudes, then summed where their sign agrees with the elected (majority) sign and divided by how many
   agree. The new LoRA has the same rank and scaling 1 (`alpha = r`), as PEFT makes it.
 
-The new adapter then runs, trains, fuses and saves like any other. Where each variable lives comes from
-`formats.locations`, the table both file formats read.
+The new adapter then runs, trains, fuses and saves like any other.
 
 Example:
 
@@ -27,7 +26,6 @@ import math
 from keras import ops
 
 from keras_adapterfusion.configs import is_lora
-from keras_adapterfusion.formats.locations import adapter_locations, module_variable
 from keras_adapterfusion.names import check_name
 
 METHODS = ("linear", "peft_linear", "ties")
@@ -124,9 +122,10 @@ def merge_adapters(encoder, name, adapters, weights=None, normalize_weights=None
         # PEFT: sqrt(w · scaling) on both A and B, so that their product carries w · scaling.
         weights = [math.sqrt(w * c.scaling) for w, c in zip(weights, configs)]
     encoder.add_adapter(name, new_config)
-    for loc in adapter_locations(encoder, new_config):
-        target = module_variable(encoder, loc, "adapter", name)
-        terms = [ops.convert_to_tensor(module_variable(encoder, loc, "adapter", n)) for n in names]
+    # The same config gives the same variables in the same order (block by block, layer by layer).
+    sources = [encoder.adapter_weights(n) for n in names]
+    for target, *variables in zip(encoder.adapter_weights(name), *sources, strict=True):
+        terms = [ops.convert_to_tensor(v) for v in variables]
         if method == "ties":
             merged = _ties(terms, weights, density, majority_sign, target.dtype)
         else:
