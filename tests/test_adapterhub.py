@@ -101,6 +101,22 @@ def merged_case_model(directory, spec, base, dtype):
     return AdapterModel(model_encoder, head, adapter_setup=merge["name"])
 
 
+def check_parallel_parity(case, spec, base, names, ref, dtype):
+    """A Parallel case: `adapters` repeats the batch once per member; its encoder output is compared."""
+    directory = os.path.join(VARIANTS, case)
+    encoder = load_encoder(base, dtype=dtype)
+    for n in names:
+        adapterhub.load_adapter(encoder, os.path.join(directory, n))
+    setup = AdapterSetup.parse(spec["setup"])
+    assert setup.kind == "parallel"
+    out = encoder(model_inputs(ref), adapter_setup=setup)["last_hidden_state"]
+    errors = {"last_hidden_state": max_abs(out, ref["last_hidden_state"])}
+    print(case, dtype, errors)
+    bounds = case_bounds(ref, errors, base, dtype)
+    assert_parity(f"{case} ({dtype})", errors, bounds)
+    return {"parallel": (encoder, errors, bounds)}
+
+
 def check_variant_parity(case, dtype="float32"):
     """Load reference variant `case` (a fusion in both forms) in `dtype` and check it against its bounds.
 
@@ -112,6 +128,8 @@ def check_variant_parity(case, dtype="float32"):
     base = os.path.join(BACKBONES, spec["base"])
     names = list(spec["adapters"])
     ref = reference_for(directory, dtype)
+    if spec.get("setup", {}).get("type") == "Parallel":
+        return check_parallel_parity(case, spec, base, names, ref, dtype)
     if "merge" in spec:
         models = {"merged": merged_case_model(directory, spec, base, dtype)}
     elif "setup" in spec:
