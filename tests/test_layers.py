@@ -181,7 +181,7 @@ def _fusion_probabilities(slots):
 COMPILED_FIT = {
     "adapter-ln_before_after", "fusion-dynamic", "fusion-temperature", "block-adapter-seq_bn",
     "block-fusion-double_seq_bn-dynamic", "embeddings-roberta", "head-classification", "head-multiple_choice",
-    "head-token_classification", "encoder-plain",
+    "head-token_classification", "encoder-plain", "lora",
 }
 
 
@@ -343,7 +343,7 @@ BATTERY_CASES = battery_cases()
 
 def test_battery_covers_every_layer_and_head():
     classes = {case.cls for case in BATTERY_CASES}
-    assert classes == {BottleneckAdapter, AdapterFusion, TransformerBlock, TextEmbeddings, ClassificationHead,
+    assert classes == {BottleneckAdapter, LoRA, AdapterFusion, TransformerBlock, TextEmbeddings, ClassificationHead,
                        MultipleChoiceHead, TokenClassificationHead, TransformerEncoder}
     head_types = {c.init_kwargs.get("head_type", "classification")
                   for c in BATTERY_CASES if c.cls is ClassificationHead}
