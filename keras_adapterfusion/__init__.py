@@ -136,39 +136,39 @@ def _register_when_ready(besides=None):
         _register_with_keras()
 
 
-class _RunAfterKerasLoads(importlib.abc.Loader):
+class _LoaderThen(importlib.abc.Loader):
+    """Another loader, and `after(module)` once it has run the module."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self.after(module)
+
+    def after(self, module):
+        raise NotImplementedError
+
+    def __getattr__(self, name):  # `python -m`'s get_code, resource readers and the like: the loader answers
+        return getattr(self._loader, name)
+
+
+class _RunAfterKerasLoads(_LoaderThen):
     """Keras's own loader, then `_register_with_keras` once Keras has finished importing."""
 
-    def __init__(self, loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
+    def after(self, module):
         _register_when_ready()
 
-    def __getattr__(self, name):  # resource readers and the like: Keras's loader answers
-        return getattr(self._loader, name)
 
-
-class _OwnModuleLoader(importlib.abc.Loader):
+class _OwnModuleLoader(_LoaderThen):
     """A module of this package's own loader; after the module ran, a pending registration runs (see above)."""
 
-    def __init__(self, loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
+    def after(self, module):
         if _registration_pending:
             _register_when_ready(besides=module.__name__)
-
-    def __getattr__(self, name):  # `python -m`'s get_code, resource readers and the like
-        return getattr(self._loader, name)
 
 
 class _WatchOwnModules(importlib.abc.MetaPathFinder):

@@ -53,6 +53,18 @@ def _check_bool(cls_name, field, value):
         _fail(cls_name, field, value, "True or False")
 
 
+def _check_leave_out_and_dropout(config):
+    """The `leave_out` (sorted, deduplicated) and `dropout` fields both adapter configs have."""
+    name = type(config).__name__
+    if not isinstance(config.leave_out, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in config.leave_out):
+        _fail(name, "leave_out", config.leave_out, "a list of block indices (ints >= 0)")
+    object.__setattr__(config, "leave_out", sorted(set(config.leave_out)))
+    if isinstance(config.dropout, bool) or not isinstance(config.dropout, (int, float)) or not (
+            0.0 <= config.dropout < 1.0):
+        _fail(name, "dropout", config.dropout, "a rate in [0, 1)")
+
+
 class _ConfigBase:
     """Shared JSON/dict round trip and preset handling."""
 
@@ -223,16 +235,7 @@ class AdapterConfig(_ConfigBase):
             object.__setattr__(self, "scaling", float(self.scaling))
         if self.init_weights not in INIT_WEIGHTS:
             _fail(name, "init_weights", self.init_weights, f"one of {list(INIT_WEIGHTS)}")
-        if not isinstance(self.leave_out, (list, tuple)) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0
-            for i in self.leave_out
-        ):
-            _fail(name, "leave_out", self.leave_out, "a list of block indices (ints >= 0)")
-        object.__setattr__(self, "leave_out", sorted(set(self.leave_out)))
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (
-            0.0 <= self.dropout < 1.0
-        ):
-            _fail(name, "dropout", self.dropout, "a rate in [0, 1)")
+        _check_leave_out_and_dropout(self)
 
     @staticmethod
     def _check_reduction(name, field, value):
@@ -445,8 +448,6 @@ class LoRAConfig(_ConfigBase):
             _fail(name, "r", self.r, "an int >= 1")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
             _fail(name, "alpha", self.alpha, "a positive number")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1:
-            _fail(name, "dropout", self.dropout, "a rate in [0, 1)")
         if not isinstance(self.attn_matrices, (list, tuple)) or not self.attn_matrices or not all(
                 m in LORA_ATTN_MATRICES for m in self.attn_matrices) or len(set(self.attn_matrices)) != len(
                 self.attn_matrices):
@@ -454,10 +455,7 @@ class LoRAConfig(_ConfigBase):
         object.__setattr__(self, "attn_matrices", [m for m in "qkv" if m in self.attn_matrices])
         if self.init_weights not in LORA_INIT_WEIGHTS:
             _fail(name, "init_weights", self.init_weights, f"one of {list(LORA_INIT_WEIGHTS)}")
-        if not isinstance(self.leave_out, (list, tuple)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.leave_out):
-            _fail(name, "leave_out", self.leave_out, "a list of block indices (ints >= 0)")
-        object.__setattr__(self, "leave_out", sorted(set(self.leave_out)))
+        _check_leave_out_and_dropout(self)
         if not self.projections():
             raise ValueError(f"{name}: selfattn_lora, intermediate_lora, output_lora and attention_output_lora are "
                              "all False; expected at least one projection to adapt.")
