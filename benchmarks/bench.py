@@ -28,6 +28,14 @@ CONFIGS = {
     "bert-tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
 }
 SCENARIOS = ("train_full", "train_adapter", "train_fusion", "infer_base", "infer_adapter", "infer_fusion")
+# What a served request costs: `infer_*`'s model exported as a SavedModel (`serving.export`) and its
+# `serving_default` called by plain TensorFlow (the process loading it imports neither Keras nor this package).
+SERVED = ("serve_base", "serve_adapter", "serve_fusion")
+
+
+def inference_scenario(scenario):
+    """The `infer_*` scenario a `serve_*` one exports (what the reference runs for it); others as they are."""
+    return "infer_" + scenario[len("serve_"):] if scenario in SERVED else scenario
 
 
 def build(model_name, scenario, n_adapters, reference_form):
@@ -51,6 +59,8 @@ def build(model_name, scenario, n_adapters, reference_form):
 
 def prepare(model_name, scenario, batch, seq, n_adapters=8, reference_form=False, bf16=False, jit_compile=None):
     """Build a scenario's model and inputs; returns `(step, info)`, `step()` running one timed step."""
+    if scenario in SERVED:
+        return prepare_served(model_name, scenario, batch, seq, n_adapters, bf16)
     import keras
     import numpy as np
 
@@ -77,6 +87,48 @@ def prepare(model_name, scenario, batch, seq, n_adapters=8, reference_form=False
             "device": "gpu" if _has_gpu() else "cpu", "bf16": bf16, "model": model_name, "scenario": scenario,
             "batch": batch, "seq": seq, "n_adapters": n_adapters if scenario.endswith("fusion") else None,
             "trainable_params": trainable}
+    return step, info
+
+
+def export(directory, model_name, scenario, n_adapters, bf16=False):
+    """Build `scenario`'s model (an `infer_*` one) and export it under `directory`; returns the version path."""
+    import keras
+
+    from keras_adapterfusion.serving.export import export_saved_model
+
+    keras.utils.set_random_seed(0)
+    if bf16:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    model = build(model_name, scenario, n_adapters, False)
+    return export_saved_model(model, directory, model_name="bench", tokenizer=None, input_dtype="int32",
+                              write_models_config=False)
+
+
+def prepare_served(model_name, scenario, batch, seq, n_adapters=8, bf16=False):
+    """`serve_*`: export `infer_*`'s model in a child process, load it here with `tf.saved_model.load` and time
+    one call of its `serving_default` signature (the logits fetched, as `infer_*` fetches them)."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    infer = inference_scenario(scenario)
+    directory = tempfile.mkdtemp(prefix="kaf_bench_export_")
+    command = [sys.executable, os.path.abspath(__file__), "--export", directory, "--model", model_name,
+               "--scenarios", infer, "--adapters", str(n_adapters)] + (["--bf16"] if bf16 else [])
+    subprocess.run(command, check=True, stdout=sys.stderr, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    path = os.path.join(directory, "bench", "1")
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    inputs = {"input_ids": tf.constant(rng.integers(1000, 30000, (batch, seq)).astype("int32")),
+              "attention_mask": tf.ones((batch, seq), tf.int32),
+              "token_type_ids": tf.zeros((batch, seq), tf.int32)}
+    step = lambda: serve(**inputs)["logits"].numpy()  # noqa: E731
+    info = {"impl": "keras_adapterfusion-savedmodel", "device": "gpu" if tf.config.list_physical_devices("GPU")
+            else "cpu", "bf16": bf16, "model": model_name, "scenario": scenario, "batch": batch, "seq": seq,
+            "n_adapters": n_adapters if scenario.endswith("fusion") else None, "trainable_params": None,
+            "export": path}
     return step, info
 
 
@@ -124,11 +176,20 @@ def main():
                         help="inter-op threads (TensorFlow; default: the same as --threads)")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
                         help="XLA compilation of the step (Keras's jit_compile); auto: Keras's own choice")
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None,
+                        help="KERAS_BACKEND for this run (default: the environment's, else tensorflow)")
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="export the (one, infer_*) scenario's model as a SavedModel under DIR and exit")
     parser.add_argument("--serve", action="store_true",
                         help="act as a worker for compare.py (JSON requests on stdin, see worker.py)")
     args = parser.parse_args()
+    if args.backend:  # before anything imports Keras
+        os.environ["KERAS_BACKEND"] = args.backend
     set_threads(args.threads, args.inter_op)
     jit = {"auto": None, "on": True, "off": False}[args.jit]
+    if args.export:
+        print(export(args.export, args.model, args.scenarios, args.adapters, args.bf16))
+        return
     if args.serve:
         from worker import serve
 
@@ -137,8 +198,8 @@ def main():
                                    bool(spec.get("bf16", False)), jit))
         return
     for scenario in args.scenarios.split(","):
-        if scenario not in SCENARIOS:
-            parser.error(f"unknown scenario {scenario!r}; expected from {list(SCENARIOS)}")
+        if scenario not in SCENARIOS + SERVED:
+            parser.error(f"unknown scenario {scenario!r}; expected from {list(SCENARIOS + SERVED)}")
         print(json.dumps(run(args.model, scenario, args.batch, args.seq, args.steps, args.adapters,
                              args.fusion_form == "reference", args.bf16, jit)), flush=True)
 

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_adapterfusion.configs import AdapterConfig
 from keras_adapterfusion.layers.activations import get_activation
+from keras_adapterfusion.layers.fused import LayerNorm, dense
 
 
 def kernel_initializer(init_weights, which, fan_in):
@@ -131,7 +132,7 @@ class BottleneckAdapter(keras.layers.Layer):
         hidden = input_shape[-1]
         self.hidden_size = hidden
         if self.ln_before:
-            self.norm_before = keras.layers.LayerNormalization(
+            self.norm_before = LayerNorm(
                 epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm_before"
             )
             self.norm_before.build(input_shape)
@@ -156,7 +157,7 @@ class BottleneckAdapter(keras.layers.Layer):
         elif self.scaling == "channel":
             self.scale = self.add_weight(name="scale", shape=(hidden,), initializer="ones")
         if self.ln_after:
-            self.norm_after = keras.layers.LayerNormalization(
+            self.norm_after = LayerNorm(
                 epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm_after"
             )
             self.norm_after.build(input_shape)
@@ -167,8 +168,10 @@ class BottleneckAdapter(keras.layers.Layer):
         x = inputs
         if self.ln_before:
             x = self.norm_before(x)
-        x = self._activation(self.down(x))
-        up = self.up(x)
+        # The two products as `fused.dense` forms them (on TensorFlow the bias and the activation run inside
+        # the product's kernel); the same as `self.up(act(self.down(x)))`.
+        x = dense(x, self.down.kernel, self.down.bias, self.non_linearity)
+        up = dense(x, self.up.kernel, self.up.bias)
         if isinstance(self.scaling, str):
             up = up * ops.cast(self.scale, up.dtype)
         elif self.scaling != 1.0:

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_adapterfusion.layers.fused import LayerNorm
+
 POSITION_STYLES = ("absolute", "roberta", "none")
 
 
@@ -101,7 +103,7 @@ class TextEmbeddings(keras.layers.Layer):
             tables.append(self.token_type_embeddings)
         for layer in tables:
             layer.build((None, None))
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
         )
         self.norm.build((None, None, self.hidden_size))

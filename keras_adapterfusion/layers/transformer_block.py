@@ -9,6 +9,7 @@ from keras_adapterfusion.layers.adapter_fusion import AdapterFusion
 from keras_adapterfusion.layers.adapter_setup import AdapterSetup, call_form
 from keras_adapterfusion.layers.adapter_slot import LOCATIONS, AdapterSlot
 from keras_adapterfusion.layers.bottleneck_adapter import BottleneckAdapter
+from keras_adapterfusion.layers.fused import LayerNorm, bias_add, dense
 from keras_adapterfusion.layers.lora import LoRA, LoRALayers
 from keras_adapterfusion.layers.numerics import lowest, softmax_input
 from keras_adapterfusion.names import check_name, path_part
@@ -121,7 +122,7 @@ class TransformerBlock(keras.layers.Layer):
         self.head_dim = hidden_size // num_heads
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
-        self._act = get_activation(hidden_act)
+        get_activation(hidden_act)  # an unknown name fails here, by name
         self.hidden_dropout = hidden_dropout
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
@@ -164,12 +165,12 @@ class TransformerBlock(keras.layers.Layer):
         self.key_dense = self._dense(h, "key")
         self.value_dense = self._dense(h, "value")
         self.attention_output_dense = self._dense(h, "attention_output")
-        self.attention_norm = keras.layers.LayerNormalization(
+        self.attention_norm = LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="attention_norm"
         )
         self.intermediate_dense = self._dense(self.intermediate_size, "intermediate")
         self.output_dense = self._dense(h, "output")
-        self.output_norm = keras.layers.LayerNormalization(
+        self.output_norm = LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="output_norm"
         )
         for layer in (
@@ -393,27 +394,20 @@ class TransformerBlock(keras.layers.Layer):
         return {s: slot.fusions[key] for s, slot in self.slots.items() if key in slot.fusions}
 
     # ------------------------------------------------------------- forward
-    @staticmethod
-    def _linear(layer, x):
-        """`layer(x)` for one of the block's `Dense` layers, computed as one 2-D product.
+    def _project(self, projection, x, lora=None, training=None, activation=None):
+        """One of the block's projections of `x` (then `activation`, a name), with LoRA `lora`'s update when it
+        adapts it.
 
-        `x` is flattened to `[tokens, in]`, so that the product and the bias add meet
-        in one kernel where the backend fuses them (oneDNN on TensorFlow), and the
-        result is shaped back.
+        Computed as one 2-D product (`layers/fused.dense`), so that the product, the bias and the activation
+        meet in one kernel where the backend fuses them (oneDNN on TensorFlow); a LoRA's update goes in
+        before the activation.
         """
-        shape = ops.shape(x)
-        y = ops.matmul(ops.reshape(x, (-1, shape[-1])), layer.kernel)
-        if layer.use_bias:
-            y = y + layer.bias
-        return ops.reshape(y, tuple(shape[:-1]) + (layer.units,))
-
-    def _project(self, projection, x, lora=None, training=None):
-        """One of the block's projections of `x`, with LoRA `lora`'s update when it adapts it."""
-        y = self._linear(self.projection(projection), x)
+        layer = self.projection(projection)
         layers = self.loras(lora) if lora is not None else {}
-        if projection in layers:
-            y = y + layers[projection](x, training=training)
-        return y
+        if projection not in layers:
+            return dense(x, layer.kernel, layer.bias if layer.use_bias else None, activation)
+        y = dense(x, layer.kernel, layer.bias if layer.use_bias else None) + layers[projection](x, training=training)
+        return y if activation is None else get_activation(activation)(y)
 
     def _active_lora(self, setup):
         """The LoRA `setup` runs here (a single setup naming one of this block's LoRAs, not merged), or None."""
@@ -429,7 +423,7 @@ class TransformerBlock(keras.layers.Layer):
         kernel = ops.concatenate([self.query_dense.kernel, self.key_dense.kernel, self.value_dense.kernel], axis=1)
         bias = ops.concatenate([self.query_dense.bias, self.key_dense.bias, self.value_dense.bias], axis=0)
         x2 = ops.reshape(x, (-1, self.hidden_size))
-        qkv = ops.matmul(x2, kernel) + bias
+        qkv = bias_add(ops.matmul(x2, kernel), bias)
         layers = self.loras(lora) if lora is not None else {}
         if any(p in layers for p in ("query", "key", "value")):
             updates = [layers[p](x2, training=training) if p in layers else None for p in ("query", "key", "value")]
@@ -479,7 +473,7 @@ class TransformerBlock(keras.layers.Layer):
             h, x = x, h
         x1, mh_probs = self.slots["mh"].forward(h, x, self.attention_norm, setup, adapter_index, training,
                                                 regularize)
-        inter = self._act(self._project("intermediate", x1, lora, training))
+        inter = self._project("intermediate", x1, lora, training, activation=self.hidden_act)
         h2 = self._project("output", inter, lora, training)
         if self.feed_forward_dropout:
             h2 = self.hidden_dropout_layer(h2, training=training)
