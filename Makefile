@@ -14,6 +14,8 @@ STAMP := $(VENV)/.installed
 PEER ?= /tmp/peer
 PEER_BENCH ?= ../shared/bench/peer_bench.py
 BENCH_THREADS ?= 2
+# The six scenarios of the reference's benchmark and the SavedModel's served calls.
+BENCH_SCENARIOS ?= train_full,train_adapter,train_fusion,infer_base,infer_adapter,infer_fusion,serve_base,serve_adapter,serve_fusion
 # Test processes (pytest-xdist; one file per process, so module fixtures are made once): 2 for 2 cores.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
@@ -54,7 +56,7 @@ $(PEER)/bin/python:
 
 bench: install $(PEER)/bin/python
 	@uptime
-	nice -n 0 $(BIN)/python benchmarks/compare.py --threads $(BENCH_THREADS) --peer-python $(PEER)/bin/python \
+	nice -n 0 $(BIN)/python benchmarks/compare.py --threads $(BENCH_THREADS) --scenarios $(BENCH_SCENARIOS) --peer-python $(PEER)/bin/python \
 		--peer-bench $(PEER_BENCH) --out benchmarks/results/cpu2_minilm_b16_s128_turns.jsonl \
 		--table benchmarks/results/cpu2_minilm_b16_s128.md
 

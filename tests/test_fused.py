@@ -114,6 +114,7 @@ def test_layer_norm_in_mixed_precision_computes_in_float32_and_returns_the_compu
     assert max_abs(ops.cast(out, "float32"), expected) <= 2.0 ** -7 * float(np.max(np.abs(expected)))
 
 
+@pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
 @pytest.mark.parametrize("kwargs", [dict(rms_scaling=True), dict(center=False), dict(axis=[1, 2])])
 def test_layer_norm_falls_back_to_keras_for_other_set_ups(kwargs):
     x = _inputs("float32")
