@@ -188,6 +188,9 @@ def main():
     set_threads(args.threads, args.inter_op)
     jit = {"auto": None, "on": True, "off": False}[args.jit]
     if args.export:
+        if args.scenarios not in ("infer_base", "infer_adapter", "infer_fusion"):
+            parser.error(f"--export: --scenarios is {args.scenarios!r}; expected one of infer_base, infer_adapter, "
+                         "infer_fusion (the model a serve_* scenario exports)")
         print(export(args.export, args.model, args.scenarios, args.adapters, args.bf16))
         return
     if args.serve:
